@@ -1,0 +1,5 @@
+import sys
+
+from batchwarden.cli import main
+
+sys.exit(main())

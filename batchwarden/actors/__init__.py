@@ -1,0 +1,1 @@
+"""Leader-only actors: submitter, poller, item fetcher, callback sender, reaper."""

@@ -1,0 +1,240 @@
+"""The `batchwarden` command.
+
+Each verb is a small async function over the service layer. With `--json`
+a verb prints exactly one JSON document (JSON lines for `results`) on
+stdout; errors go to stderr, one line per problem, with an exit code that
+says what kind of problem it was:
+
+    2  bad input or settings      3  unknown job
+    4  conflict (illegal move)    5  database unavailable    1  anything else
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from batchwarden import __version__, service
+from batchwarden.config import Settings, load_settings
+from batchwarden.errors import (
+    BatchwardenError,
+    ConfigError,
+    Conflict,
+    IllegalTransition,
+    InvalidRequests,
+    JobNotFound,
+    RetryLater,
+)
+from batchwarden.intake import parse_jsonl
+from batchwarden.states import JobStatus
+from batchwarden.store import SqlStore, open_store
+
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (InvalidRequests, 2),
+    (ConfigError, 2),
+    (JobNotFound, 3),
+    (IllegalTransition, 4),
+    (Conflict, 4),
+    (RetryLater, 5),
+)
+
+Verb = Callable[[argparse.Namespace, SqlStore], Awaitable[None]]
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def out_json(document: Any) -> None:
+    out(json.dumps(document, indent=2))
+
+
+async def cmd_migrate(args: argparse.Namespace, store: SqlStore) -> None:
+    applied = await store.migrate()
+    if args.json:
+        out_json({"applied": applied})
+    elif applied:
+        out(f"applied migrations: {', '.join(map(str, applied))}")
+    else:
+        out("schema is up to date")
+
+
+async def cmd_submit(args: argparse.Namespace, store: SqlStore) -> None:
+    requests = _read_requests(args.file)
+    metadata = _parse_metadata(args.metadata)
+    job, _ = await service.create_job(
+        store, requests, callback_url=args.callback_url, metadata=metadata
+    )
+    if args.json:
+        out_json(service.job_document(await store.job_detail(job.id)))
+    else:
+        out(f"{job.id} created with {job.item_count} items")
+
+
+def _read_requests(path: str) -> list:
+    try:
+        with open(path, encoding="utf-8") as lines:
+            return parse_jsonl(lines)
+    except OSError as exc:
+        raise InvalidRequests([f"cannot read {path}: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise InvalidRequests([f"{path} is not UTF-8 text"]) from None
+    except InvalidRequests as exc:
+        raise InvalidRequests([f"{path} {p}" for p in exc.problems]) from None
+
+
+def _parse_metadata(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequests([f"--metadata: not valid JSON ({exc.msg})"]) from None
+    if not isinstance(value, dict):
+        raise InvalidRequests(["--metadata: must be a JSON object"])
+    return value
+
+
+async def cmd_jobs(args: argparse.Namespace, store: SqlStore) -> None:
+    status = JobStatus(args.status) if args.status else None
+    jobs = await store.list_jobs(status=status, before=args.before, limit=args.limit)
+    summaries = [service.job_summary(job) for job in jobs]
+    if args.json:
+        out_json({"jobs": summaries, "next_cursor": _cursor(jobs, args.limit)})
+        return
+    for job in summaries:
+        items = job["item_count"]
+        out(f"{job['id']}  {job['status']:<9}  {items:>7}  {job['created_at']}")
+
+
+def _cursor(jobs: list, limit: int) -> str | None:
+    return jobs[-1].id if len(jobs) == limit else None
+
+
+async def cmd_status(args: argparse.Namespace, store: SqlStore) -> None:
+    document = service.job_document(await store.job_detail(args.job_id))
+    if args.json:
+        out_json(document)
+        return
+    out(f"{document['id']}: {document['status']}")
+    counts = document["request_counts"]
+    out("items: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
+    if document["error"]:
+        out(f"error: {document['error']}")
+
+
+async def cmd_results(args: argparse.Namespace, store: SqlStore) -> None:
+    lines = store.iter_items(args.job_id)
+    if args.output is None:
+        async for item in lines:
+            out(service.item_line(item.custom_id, item.status.value, item.result))
+        return
+    count = 0
+    with open(args.output, "w", encoding="utf-8") as target:
+        async for item in lines:
+            line = service.item_line(item.custom_id, item.status.value, item.result)
+            target.write(line + "\n")
+            count += 1
+    if args.json:
+        out_json({"output": str(Path(args.output).resolve()), "items": count})
+    else:
+        out(f"wrote {count} items to {args.output}")
+
+
+async def cmd_cancel(args: argparse.Namespace, store: SqlStore) -> None:
+    job = await service.cancel_job(store, args.job_id)
+    if args.json:
+        out_json(service.job_document(await store.job_detail(job.id)))
+    else:
+        out(f"{job.id} cancelled")
+
+
+async def cmd_leader(args: argparse.Namespace, store: SqlStore) -> None:
+    leader = await store.leader()
+    document = {
+        "instance_id": leader.holder,
+        "term": leader.term,
+        "since": service.iso(leader.since),
+    }
+    if args.json:
+        out_json(document)
+    elif leader.holder is None:
+        out("no leader has been elected yet")
+    else:
+        out(f"{leader.holder} leads in term {leader.term} since {document['since']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchwarden", description="Runs LLM batch jobs to completion."
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, handler: Verb, help_text: str) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--database-url", help="overrides BATCHWARDEN_DATABASE_URL")
+        sub.add_argument("--json", action="store_true", help="print JSON only")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    verb("migrate", cmd_migrate, "apply schema migrations and exit")
+    submit = verb("submit", cmd_submit, "create a job from a JSON lines file")
+    submit.add_argument("file", metavar="FILE.jsonl")
+    submit.add_argument("--callback-url")
+    submit.add_argument("--metadata", metavar="JSON")
+    jobs = verb("jobs", cmd_jobs, "list jobs, newest first")
+    jobs.add_argument("--status", choices=[s.value for s in JobStatus])
+    jobs.add_argument("--before", metavar="JOB_ID", help="cursor: list older jobs")
+    jobs.add_argument("--limit", type=int, default=50)
+    status = verb("status", cmd_status, "show one job")
+    status.add_argument("job_id", metavar="JOB_ID")
+    results = verb("results", cmd_results, "print a job's items as JSON lines")
+    results.add_argument("job_id", metavar="JOB_ID")
+    results.add_argument("--output", metavar="FILE")
+    cancel = verb("cancel", cmd_cancel, "cancel a job that is not yet submitted")
+    cancel.add_argument("job_id", metavar="JOB_ID")
+    verb("leader", cmd_leader, "show the current leader")
+    return parser
+
+
+async def _run_verb(args: argparse.Namespace, settings: Settings) -> None:
+    migrate = args.verb != "migrate"
+    async with open_store(
+        settings.database_url, instance_id=settings.instance_id, migrate=migrate
+    ) as store:
+        await args.handler(args, store)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(flags={"database_url": args.database_url})
+        trio.run(_run_verb, args, settings)
+    except BatchwardenError as exc:
+        return _report(exc)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    return 0
+
+
+def _report(exc: BatchwardenError) -> int:
+    problems = exc.problems if isinstance(exc, InvalidRequests) else [str(exc)]
+    for problem in problems:
+        sys.stderr.write(f"error: {problem}\n")
+    return next((code for kind, code in EXIT_CODES if isinstance(exc, kind)), 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

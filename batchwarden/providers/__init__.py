@@ -1,0 +1,1 @@
+"""Provider adapters: one batch API each (Anthropic first)."""

@@ -1,0 +1,164 @@
+"""The store on PostgreSQL, through psycopg 3's synchronous connections.
+
+psycopg's async API runs only on asyncio, so each transaction runs on a
+pooled synchronous connection in a trio worker thread, behind a
+`CapacityLimiter` as wide as the pool. When the awaiting trio task is
+cancelled, the thread is abandoned and its query is cancelled on the server
+(`cancel_safe`), so a shutdown never waits on a slow statement; the pool gets
+the connection back, rolled back, once the thread sees the cancel.
+
+Every pooled connection names its replica in `application_name` and carries
+`idle_in_transaction_session_timeout`, so a stalled replica's open
+transaction cannot hold the leader row's lock for long, and
+`statement_timeout` as a last bound on any query.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any, TypeVar
+
+import psycopg
+import trio
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from batchwarden.errors import StoreUnavailable
+from batchwarden.store.base import SqlStore, Tx
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# pg_advisory_xact_lock key held while migrating ("bw-migr" in ASCII).
+MIGRATION_LOCK_KEY = 0x62772D6D696772
+
+
+class PgTx(Tx):
+    def __init__(self, cursor: psycopg.Cursor) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self._cursor.execute(sql, params or None)
+        return self._cursor.rowcount
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        self._cursor.execute(sql, params or None)
+        return self._cursor.fetchone()
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        self._cursor.execute(sql, params or None)
+        return self._cursor.fetchall()
+
+    def bulk_insert(
+        self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> None:
+        statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+        with self._cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def scratch_table(self, name: str, columns_sql: str) -> None:
+        self._cursor.execute(f"CREATE TEMP TABLE {name} ({columns_sql}) ON COMMIT DROP")
+
+    def current_term(self) -> int:
+        return self.one("SELECT term FROM leader WHERE id = 1 FOR SHARE")[0]
+
+    def lock_migrations(self) -> None:
+        self.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+class _Running:
+    """The connection a worker thread is using, so a cancel can reach it."""
+
+    connection: psycopg.Connection | None = None
+
+    def cancel(self) -> None:
+        connection = self.connection
+        if connection is not None:
+            trio.lowlevel.start_thread_soon(
+                partial(connection.cancel_safe, timeout=2.0), lambda _: None
+            )
+
+
+class PostgresStore(SqlStore):
+    dialect = "postgres"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        instance_id: str,
+        max_connections: int = 8,
+        statement_timeout_s: float = 60.0,
+        idle_in_transaction_timeout_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        options = (
+            f"-c statement_timeout={int(statement_timeout_s * 1000)}"
+            " -c idle_in_transaction_session_timeout="
+            f"{int(idle_in_transaction_timeout_s * 1000)}"
+        )
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_connections,
+            kwargs={
+                "application_name": f"batchwarden:{instance_id}"[:63],
+                "options": options,
+                "connect_timeout": max(1, int(connect_timeout_s)),
+            },
+            check=ConnectionPool.check_connection,
+            timeout=connect_timeout_s,
+            open=False,
+            name="batchwarden",
+        )
+        self._limiter = trio.CapacityLimiter(max_connections)
+
+    async def open(self) -> None:
+        def open_pool() -> None:
+            try:
+                self._pool.open(wait=True, timeout=self._pool.timeout)
+            except PoolTimeout:
+                self._pool.close()
+                raise StoreUnavailable("PostgreSQL did not answer") from None
+
+        await trio.to_thread.run_sync(open_pool)
+
+    async def close(self) -> None:
+        await trio.to_thread.run_sync(partial(self._pool.close, timeout=5.0))
+
+    def pool_stats(self) -> dict[str, int]:
+        return self._pool.get_stats()
+
+    async def _run(self, work: Callable[[Tx], T], *, write: bool) -> T:
+        running = _Running()
+        try:
+            return await trio.to_thread.run_sync(
+                partial(self._work, work, running),
+                limiter=self._limiter,
+                abandon_on_cancel=True,
+            )
+        except trio.Cancelled:
+            running.cancel()
+            raise
+
+    def _work(self, work: Callable[[Tx], T], running: _Running) -> T:
+        try:
+            with self._pool.connection() as connection:
+                running.connection = connection
+                with connection.transaction(), connection.cursor() as cursor:
+                    return work(PgTx(cursor))
+        except PoolTimeout:
+            raise StoreUnavailable(
+                "no PostgreSQL connection within the timeout"
+            ) from None
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL: {_first_line(exc)}") from None
+        finally:
+            running.connection = None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,112 @@
+"""What the store returns: small immutable records, free of driver types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from batchwarden.states import ItemStatus, JobStatus
+
+USAGE_KINDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {kind: getattr(self, kind) for kind in USAGE_KINDS}
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    status: JobStatus
+    item_count: int
+    callback_url: str | None
+    metadata: dict[str, Any]
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderBatch:
+    id: int
+    job_id: str
+    attempt: int
+    provider_batch_id: str | None
+    processing_status: str
+    request_count: int
+    request_counts: dict[str, int] | None
+    created_at: datetime
+    ended_at: datetime | None
+    results_stored_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackState:
+    id: str
+    url: str
+    status: str
+    attempts: int
+    last_error: str | None
+    delivered_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobDetail:
+    """A job with everything its document shows, read in one transaction."""
+
+    job: Job
+    item_counts: dict[ItemStatus, int]
+    usage: Usage
+    provider_batches: list[ProviderBatch]
+    callback: CallbackState | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    """One item's outcome from the provider, ready to store."""
+
+    custom_id: str
+    status: ItemStatus
+    result: str
+    usage: Usage = field(default_factory=Usage)
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRow:
+    """One item as the results download shows it; `result` is JSON text."""
+
+    custom_id: str
+    status: ItemStatus
+    result: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """What a chunk of results did: rows stored now, rows stored before
+    (a repeated fetch), and rows whose custom_id the job does not have."""
+
+    stored: int
+    already_stored: int
+    unknown: int
+
+
+@dataclass(frozen=True, slots=True)
+class Leader:
+    holder: str | None
+    term: int
+    since: datetime | None

@@ -1,0 +1,1 @@
+"""The supervisor: the root nursery of `batchwarden run` (leader election next)."""
