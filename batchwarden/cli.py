@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from batchwarden import __version__, service
+from batchwarden import __version__, logs, service
 from batchwarden.config import Settings, load_settings
 from batchwarden.errors import (
     BatchwardenError,
@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(flags={"database_url": args.database_url})
+        logs.configure("warning", settings.log_format)
         trio.run(_run_verb, args, settings)
     except BatchwardenError as exc:
         return _report(exc)

@@ -130,6 +130,9 @@ class Settings:
     provider_queue_limit: int | None = None
     callback_allowlist: tuple[str, ...] = ()
 
+    def __repr__(self) -> str:
+        return f"Settings({self.public()!r})"
+
     def public(self) -> dict[str, Any]:
         """The settings as printable data: secrets masked, passwords hidden."""
         shown: dict[str, Any] = {}

@@ -1,17 +1,35 @@
-"""Identifiers: time-ordered, so that newer jobs sort after older ones."""
+"""Identifiers: time-ordered, so that newer jobs sort after older ones.
+
+Like a ULID: 48 bits of milliseconds, then 80 random bits. Within one
+millisecond a process counts up from the last value instead of drawing new
+random bits, so ids made by one process always sort in the order made.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_RANDOM_BITS = 80
+_lock = threading.Lock()
+_last = 0
 
 
-def _sortable(random_bytes: int = 10) -> str:
-    """48 bits of milliseconds and 80 random bits, in Crockford base32."""
-    value = int(time.time() * 1000) << (8 * random_bytes)
-    value |= int.from_bytes(os.urandom(random_bytes))
+def _next_value() -> int:
+    global _last
+    with _lock:
+        value = int(time.time() * 1000) << _RANDOM_BITS
+        value |= int.from_bytes(os.urandom(_RANDOM_BITS // 8))
+        if value <= _last:
+            value = _last + 1
+        _last = value
+        return value
+
+
+def _sortable() -> str:
+    value = _next_value()
     digits = []
     for _ in range(26):
         value, rest = divmod(value, 32)

@@ -79,6 +79,10 @@ class Tx(Protocol):
     def scratch_table(self, name: str, columns_sql: str) -> None:
         """An empty temporary table, private to this transaction."""
 
+    def prefer_index_probes(self) -> None:
+        """Plan the next joins of a small chunk against a large table as
+        index probes, whatever the (often stale) statistics suggest."""
+
     def current_term(self) -> int:
         """The leader row's term, locked against a bump until commit."""
 
@@ -292,9 +296,11 @@ class SqlStore:
         def write(tx: Tx) -> WriteOutcome:
             tx.scratch_table("incoming_results", _INCOMING_SQL)
             tx.bulk_insert("incoming_results", INCOMING_COLUMNS, map(_incoming, rows))
-            stored = tx.execute(
-                _APPEND_RESULTS, (job_id, attempt, batch_id, term, job_id)
-            )
+            tx.prefer_index_probes()
+            params = (job_id, attempt, batch_id, term, job_id)
+            stored = tx.execute(_APPEND_RESULTS, params)
+            if stored == len(rows):
+                return WriteOutcome(stored, 0, 0)
             unknown = tx.one(_COUNT_UNKNOWN, (job_id,))[0]
             return WriteOutcome(stored, len(rows) - stored - unknown, unknown)
 
@@ -407,6 +413,9 @@ def _move(
     error: str | None = None,
 ) -> Job:
     """One guarded UPDATE; on no match, say why (unknown job or illegal)."""
+    if not sources:
+        current = _read_job(tx, job_id).status
+        raise IllegalTransition(job_id, current.value, target.value)
     stamp = now()
     finished = stamp if target.terminal else None
     marks = ", ".join("%s" for _ in sources)

@@ -5,6 +5,11 @@ together with its row in `schema_migrations`; on PostgreSQL the runner first
 takes a transaction-level advisory lock, so replicas starting at once apply
 each migration exactly once and the others wait, then find nothing to do.
 
+Keys (job ids, custom ids) compare byte by byte (`COLLATE "C"` on
+PostgreSQL, SQLite's default): they are identifiers, not words, and bytewise
+comparison makes the primary keys of a 100,000-item ingest cheaper to
+maintain than the database's locale collation.
+
 Results live beside the requests (`item_results`), not written over them:
 ingesting a provider batch is an append, and a repeated fetch is a no-op on
 the primary key.
@@ -30,7 +35,7 @@ _RESULT_STATUSES = "'succeeded', 'errored', 'canceled', 'expired'"
 
 _INITIAL = """
 CREATE TABLE jobs (
-    id text PRIMARY KEY,
+    id text {key} PRIMARY KEY,
     status text NOT NULL CHECK (status IN ({job_statuses})),
     item_count integer NOT NULL,
     callback_url text,
@@ -46,7 +51,7 @@ CREATE INDEX jobs_by_status ON jobs (status, id);
 
 CREATE TABLE provider_batches (
     id {serial},
-    job_id text NOT NULL REFERENCES jobs (id),
+    job_id text {key} NOT NULL REFERENCES jobs (id),
     attempt integer NOT NULL,
     provider_batch_id text UNIQUE,
     processing_status text NOT NULL,
@@ -62,8 +67,8 @@ CREATE TABLE provider_batches (
 CREATE INDEX provider_batches_by_job ON provider_batches (job_id);
 
 CREATE TABLE items (
-    job_id text NOT NULL REFERENCES jobs (id),
-    custom_id text NOT NULL,
+    job_id text {key} NOT NULL REFERENCES jobs (id),
+    custom_id text {key} NOT NULL,
     position integer NOT NULL,
     params text NOT NULL,
     PRIMARY KEY (job_id, custom_id),
@@ -71,8 +76,8 @@ CREATE TABLE items (
 );
 
 CREATE TABLE item_results (
-    job_id text NOT NULL,
-    custom_id text NOT NULL,
+    job_id text {key} NOT NULL,
+    custom_id text {key} NOT NULL,
     attempt integer NOT NULL,
     batch_id bigint NOT NULL,
     status text NOT NULL CHECK (status IN ({result_statuses})),
@@ -126,10 +131,11 @@ CREATE TABLE callback_attempts (
 """
 
 
-def _initial(ts: str, serial: str) -> str:
+def _initial(ts: str, serial: str, key: str) -> str:
     return _INITIAL.format(
         ts=ts,
         serial=serial,
+        key=key,
         job_statuses=_JOB_STATUSES,
         result_statuses=_RESULT_STATUSES,
     )
@@ -140,9 +146,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         1,
         "initial schema",
         postgres=_initial(
-            "timestamptz", "bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+            "timestamptz",
+            "bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+            key='COLLATE "C"',
         ),
-        sqlite=_initial("text", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+        sqlite=_initial("text", "INTEGER PRIMARY KEY AUTOINCREMENT", key=""),
     ),
 )
 

@@ -1,0 +1,140 @@
+"""The `batchwarden` command, run as a real process on both stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import request_line
+
+SCRIPT = Path(sys.executable).parent / "batchwarden"
+EXAMPLE = Path(__file__).parent.parent / "examples" / "requests.jsonl"
+
+
+@pytest.fixture
+def cli(database_url, tmp_path):
+    env = {**os.environ, "BATCHWARDEN_DATABASE_URL": database_url}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(SCRIPT), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+        )
+
+    return run
+
+
+def write_lines(path: Path, *values) -> str:
+    path.write_text(
+        "".join((v if isinstance(v, str) else json.dumps(v)) + "\n" for v in values)
+    )
+    return str(path)
+
+
+def all_jobs(cli) -> list[dict]:
+    listed = cli("jobs", "--json")
+    assert listed.returncode == 0, listed.stderr
+    return json.loads(listed.stdout)["jobs"]
+
+
+def test_submit_then_inspect_a_job(cli, tmp_path):
+    submitted = cli(
+        "submit", str(EXAMPLE), "--json", "--metadata", '{"team": "search"}'
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job = json.loads(submitted.stdout)
+    assert job["status"] == "created"
+    assert job["request_counts"]["pending"] == 10
+    assert job["metadata"] == {"team": "search"}
+
+    status = cli("status", job["id"], "--json")
+    assert json.loads(status.stdout) == job
+    assert [j["id"] for j in all_jobs(cli)] == [job["id"]]
+
+    results = cli("results", job["id"])
+    lines = [json.loads(line) for line in results.stdout.splitlines()]
+    assert [line["custom_id"] for line in lines] == [
+        f"explain-{i:03d}" for i in range(10)
+    ]
+    assert {line["status"] for line in lines} == {"pending"}
+
+    output = tmp_path / "out.jsonl"
+    saved = cli("results", job["id"], "--output", str(output))
+    assert saved.stdout.strip() == f"wrote 10 items to {output}"
+    assert output.read_text() == results.stdout
+
+
+def test_cancel_moves_a_created_job_and_refuses_an_ended_one(cli):
+    job_id = cli("submit", str(EXAMPLE)).stdout.split()[0]
+    cancelled = cli("cancel", job_id, "--json")
+    assert json.loads(cancelled.stdout)["status"] == "cancelled"
+    again = cli("cancel", job_id)
+    assert again.returncode == 4
+    assert again.stderr == f"error: job {job_id} has already ended: cancelled\n"
+
+
+def test_a_malformed_line_fails_the_submit_and_writes_nothing(cli, tmp_path):
+    path = write_lines(tmp_path / "bad.jsonl", request_line("a"), "{not json")
+    failed = cli("submit", path)
+    assert failed.returncode == 2
+    assert failed.stderr == (
+        f"error: {path} line 2: not valid JSON"
+        " (Expecting property name enclosed in double quotes)\n"
+    )
+    assert all_jobs(cli) == []
+
+
+def test_a_duplicate_custom_id_fails_the_submit_and_writes_nothing(cli, tmp_path):
+    path = write_lines(
+        tmp_path / "dup.jsonl", request_line("a"), request_line("b"), request_line("a")
+    )
+    failed = cli("submit", path)
+    assert failed.returncode == 2
+    assert failed.stderr == f"error: {path} line 3: custom_id 'a' repeats line 1\n"
+    assert all_jobs(cli) == []
+
+
+def test_every_bad_line_is_reported_on_a_line_of_its_own(cli, tmp_path):
+    missing_model = request_line("b")
+    del missing_model["params"]["model"]
+    path = write_lines(tmp_path / "two.jsonl", "[]", missing_model)
+    failed = cli("submit", path)
+    assert failed.returncode == 2
+    assert failed.stderr.splitlines() == [
+        f"error: {path} line 1: must be a JSON object with custom_id and params",
+        f"error: {path} line 2: params.model: must be a non-empty string",
+    ]
+
+
+def test_an_unknown_job_is_a_one_line_error(cli):
+    for verb in ("status", "results", "cancel"):
+        failed = cli(verb, "job_unknown")
+        assert failed.returncode == 3
+        assert failed.stderr == "error: no job with id 'job_unknown'\n"
+        assert failed.stdout == ""
+
+
+def test_a_bad_setting_is_named(cli):
+    failed = cli("jobs", "--database-url", "mysql://nope")
+    assert failed.returncode == 2
+    assert failed.stderr.startswith("error: --database-url must start with")
+
+
+def test_migrate_reports_what_it_applied(cli):
+    first = cli("migrate", "--json")
+    assert json.loads(first.stdout) == {"applied": [1]}
+    assert cli("migrate").stdout == "schema is up to date\n"
+
+
+def test_leader_shows_that_nobody_leads_yet(cli):
+    shown = cli("leader", "--json")
+    assert json.loads(shown.stdout) == {"instance_id": None, "term": 0, "since": None}
