@@ -33,6 +33,7 @@ from batchwarden.errors import (
     RetryLater,
 )
 from batchwarden.intake import parse_jsonl
+from batchwarden.mockprovider import cli as mockprovider_cli
 from batchwarden.states import JobStatus
 from batchwarden.store import SqlStore, open_store
 
@@ -202,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = verb("cancel", cmd_cancel, "cancel a job that is not yet submitted")
     cancel.add_argument("job_id", metavar="JOB_ID")
     verb("leader", cmd_leader, "show the current leader")
+    mock = verbs.add_parser(
+        "mock-provider",
+        help="serve the mock Anthropic batch API",
+        description="Serve a mock of Anthropic's Message Batches API.",
+    )
+    mockprovider_cli.add_arguments(mock)
     return parser
 
 
@@ -215,6 +222,8 @@ async def _run_verb(args: argparse.Namespace, settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verb == "mock-provider":
+        return mockprovider_cli.run(args)
     try:
         settings = load_settings(flags={"database_url": args.database_url})
         logs.configure("warning", settings.log_format)
