@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -111,7 +112,7 @@ class MockBatch:
         self._final: tuple[float, str] | None = None
         self._final_counts: dict[str, int] | None = None
         self.custom_ids = [item.custom_id for item in items]
-        self.models = [item.model for item in items]
+        self.models = [sys.intern(item.model) for item in items]
         self.input_tokens = array("I", (item.input_tokens for item in items))
         self._draw_outcomes(items, behaviour, rng)
 
