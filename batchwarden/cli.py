@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from batchwarden import __version__, logs, service
-from batchwarden.config import Settings, load_settings
+from batchwarden.config import PARSERS, Settings, flag_name, load_settings
 from batchwarden.errors import (
     BatchwardenError,
     ConfigError,
@@ -36,6 +36,7 @@ from batchwarden.intake import parse_jsonl
 from batchwarden.mockprovider import cli as mockprovider_cli
 from batchwarden.states import JobStatus
 from batchwarden.store import SqlStore, open_store
+from batchwarden.supervisor import run as supervisor
 
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (InvalidRequests, 2),
@@ -203,6 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = verb("cancel", cmd_cancel, "cancel a job that is not yet submitted")
     cancel.add_argument("job_id", metavar="JOB_ID")
     verb("leader", cmd_leader, "show the current leader")
+    run = verbs.add_parser(
+        "run",
+        help="the long-running process (every replica)",
+        description="Run a replica: HTTP server, leader election, leader actors.",
+    )
+    for name in PARSERS:
+        run.add_argument(flag_name(name), dest=name, metavar="VALUE")
+    run.add_argument(
+        "--leader-actor",
+        action="append",
+        default=[],
+        metavar="MODULE:FUNCTION",
+        help="an extra actor to run while this replica leads",
+    )
     mock = verbs.add_parser(
         "mock-provider",
         help="serve the mock Anthropic batch API",
@@ -224,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verb == "mock-provider":
         return mockprovider_cli.run(args)
+    if args.verb == "run":
+        return _run_replica(args)
     try:
         settings = load_settings(flags={"database_url": args.database_url})
         logs.configure("warning", settings.log_format)
@@ -236,6 +253,20 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`| head`): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    return 0
+
+
+def _run_replica(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(flags={name: getattr(args, name) for name in PARSERS})
+        logs.configure(settings.log_level, settings.log_format)
+        actors = [supervisor.load_actor(spec) for spec in args.leader_actor]
+        trio.run(supervisor.run, settings, actors)
+    except BatchwardenError as exc:
+        return _report(exc)
+    except (ImportError, AttributeError) as exc:
+        sys.stderr.write(f"error: --leader-actor: {exc}\n")
+        return 2
     return 0
 
 

@@ -129,6 +129,17 @@ class Settings:
     item_max_attempts: int = 3
     provider_queue_limit: int | None = None
     callback_allowlist: tuple[str, ...] = ()
+    heartbeat_interval: float = 0.5
+    heartbeat_timeout: float = 1.0
+    trust_window: float = 2.0
+    lock_wait: float = 2.0
+    lock_poll_interval: float | None = None
+    keepalives_idle: int = 1
+    keepalives_interval: int = 1
+    keepalives_count: int = 2
+    idle_session_timeout: float = 3.0
+    tcp_user_timeout: float = 2.0
+    shutdown_timeout: float = 10.0
 
     def __repr__(self) -> str:
         return f"Settings({self.public()!r})"
@@ -164,6 +175,17 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "item_max_attempts": _positive_int,
     "provider_queue_limit": _positive_int,
     "callback_allowlist": _csv,
+    "heartbeat_interval": _positive_float,
+    "heartbeat_timeout": _positive_float,
+    "trust_window": _positive_float,
+    "lock_wait": _positive_float,
+    "lock_poll_interval": _positive_float,
+    "keepalives_idle": _positive_int,
+    "keepalives_interval": _positive_int,
+    "keepalives_count": _positive_int,
+    "idle_session_timeout": _positive_float,
+    "tcp_user_timeout": _positive_float,
+    "shutdown_timeout": _positive_float,
 }
 
 

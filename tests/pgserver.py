@@ -91,6 +91,14 @@ class ThrowawayServer:
             time.sleep(0.1)
         return self.url
 
+    def restart(self) -> None:
+        # The log file keeps the server's output off our pipes, which
+        # would otherwise stay open for as long as the server runs.
+        pg_ctl = str(self.bindir / "pg_ctl")
+        command = [pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "restart"]
+        command += ["-l", str(self.root / "log")]
+        subprocess.run(self._as_owner(*command), check=True, capture_output=True)
+
     def stop(self) -> None:
         pg_ctl = str(self.bindir / "pg_ctl")
         command = [pg_ctl, "-D", str(self.data), "-m", "immediate", "stop"]

@@ -326,6 +326,15 @@ class SqlStore:
 
     # -- leadership -------------------------------------------------------
 
+    async def ping(self) -> None:
+        """Return if the database answers a query."""
+        await self._run(lambda tx: tx.one("SELECT 1"), write=False)
+
+    async def end_sessions(self, instance_id: str) -> int:
+        """End another replica's database sessions (PostgreSQL only), so that
+        a stale leader's open transaction cannot delay a term bump."""
+        return 0
+
     async def leader(self) -> Leader:
         row = await self._run(
             lambda tx: tx.one("SELECT holder, term, since FROM leader WHERE id = 1"),

@@ -146,6 +146,17 @@ class PostgresStore(SqlStore):
     async def close(self) -> None:
         await trio.to_thread.run_sync(partial(self._pool.close, timeout=5.0))
 
+    async def end_sessions(self, instance_id: str) -> int:
+        def terminate(tx: Tx) -> int:
+            rows = tx.all(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s AND pid <> pg_backend_pid()",
+                (f"batchwarden:{instance_id}"[:63],),
+            )
+            return sum(1 for (ended,) in rows if ended)
+
+        return await self._run(terminate, write=True)
+
     def pool_stats(self) -> dict[str, int]:
         return self._pool.get_stats()
 

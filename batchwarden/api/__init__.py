@@ -1,0 +1,1 @@
+"""The HTTP interface every replica serves (FastAPI on hypercorn, on trio)."""

@@ -1,0 +1,119 @@
+"""`batchwarden run`: the supervisor, root of the process tree.
+
+    supervisor (this nursery; signals; exit code)
+    |-- http server   every replica: /healthz, /readyz, /metrics, /v1/leader
+    |-- lock retry    campaigns for the leader lock
+    `-- lock holder   leads: term, heartbeats, the worker scope
+
+SIGTERM or SIGINT sets `stopping` and cancels the nursery: the lock holder
+cancels its workers and releases the lock in a shielded scope; the process
+exits 0 well inside a 30-second grace period (`shutdown_timeout` bounds it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from batchwarden.actors.lock_holder import LockHolder
+from batchwarden.actors.lock_retry import lock_retry
+from batchwarden.api.app import build_app
+from batchwarden.config import Settings
+from batchwarden.store import SqliteStore, SqlStore, connect
+from batchwarden.supervisor.leadership import LeaderActor, Leadership
+from batchwarden.supervisor.lock import (
+    FileLockSession,
+    LockTiming,
+    PgLockSession,
+)
+from batchwarden.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def load_actor(spec: str) -> LeaderActor:
+    """`package.module:function` -> the function (for extra leader actors)."""
+    module_name, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module_name), name)
+
+
+def session_factory(settings: Settings, store: SqlStore, timing: LockTiming):
+    if isinstance(store, SqliteStore):
+        log.warning(
+            "SQLite: leadership is a file lock on this host only; there is no"
+            " election across hosts (use PostgreSQL for several replicas)"
+        )
+        return lambda: FileLockSession(str(store.path))
+    return lambda: PgLockSession(settings.database_url, settings.instance_id, timing)
+
+
+async def run(settings: Settings, actors: Sequence[LeaderActor] = ()) -> None:
+    timing = LockTiming.from_settings(settings)
+    timing.check()
+    store = connect(settings.database_url, instance_id=settings.instance_id)
+    await store.open()
+    try:
+        await store.migrate()
+        await _supervise(settings, store, timing, actors)
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.close()
+
+
+async def _supervise(
+    settings: Settings,
+    store: SqlStore,
+    timing: LockTiming,
+    actors: Sequence[LeaderActor],
+) -> None:
+    metrics = Metrics()
+    leadership = Leadership(settings.instance_id, metrics)
+    stopping = trio.Event()
+    holder = LockHolder(store, settings, timing, leadership, actors, stopping)
+    acquired_send, acquired_receive = trio.open_memory_channel(0)
+    released_send, released_receive = trio.open_memory_channel(0)
+    new_session = session_factory(settings, store, timing)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(_serve_http, settings, store, leadership)
+            await nursery.start(holder.run, acquired_receive, released_send)
+            await nursery.start(
+                lock_retry,
+                new_session,
+                timing,
+                metrics,
+                acquired_send,
+                released_receive,
+            )
+            log.info(
+                "serving on %s", binds[0], extra={"instance": settings.instance_id}
+            )
+            print(f"batchwarden listening on {binds[0]}", file=sys.stderr, flush=True)
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                stopping.set()
+                nursery.cancel_scope.cancel()
+                break
+
+
+async def _serve_http(
+    settings: Settings,
+    store: SqlStore,
+    leadership: Leadership,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    config = HypercornConfig()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 1.0
+    app = build_app(store, leadership)
+    await hypercorn_serve(app, config, task_status=task_status)

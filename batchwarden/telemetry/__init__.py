@@ -1,0 +1,1 @@
+"""Metrics (Prometheus), and later traces: counted where events happen."""
