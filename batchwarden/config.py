@@ -139,7 +139,6 @@ class Settings:
     keepalives_count: int = 2
     idle_session_timeout: float = 3.0
     tcp_user_timeout: float = 2.0
-    shutdown_timeout: float = 10.0
 
     def __repr__(self) -> str:
         return f"Settings({self.public()!r})"
@@ -185,7 +184,6 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "keepalives_count": _positive_int,
     "idle_session_timeout": _positive_float,
     "tcp_user_timeout": _positive_float,
-    "shutdown_timeout": _positive_float,
 }
 
 

@@ -20,9 +20,6 @@ The SIGKILL rounds run again with the lock taken by a try-loop
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import secrets
 import signal
 import statistics
 import sys
@@ -33,6 +30,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import ScratchDatabase, add_postgres_url, machine  # noqa: E402
 from tests import leader_probe  # noqa: E402
 from tests.proxy import SilenceableProxy  # noqa: E402
 from tests.replicas import (  # noqa: E402
@@ -111,22 +109,8 @@ def summary(name: str, times: list[float]) -> str:
     )
 
 
-class ScratchDatabase:
-    def __init__(self, server_url: str) -> None:
-        self.server_url = server_url
-        self.name = "bw_failover_" + secrets.token_hex(4)
-        self.url = server_url.rsplit("/", 1)[0] + "/" + self.name
-
-    def __enter__(self) -> str:
-        with psycopg.connect(self.server_url, autocommit=True) as admin:
-            admin.execute(f"CREATE DATABASE {self.name}")
-        with psycopg.connect(self.url, autocommit=True) as connection:
-            connection.execute(leader_probe.TABLE)
-        return self.url
-
-    def __exit__(self, *exc_info) -> None:
-        with psycopg.connect(self.server_url, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE {self.name} WITH (FORCE)")
+def create_probe_table(connection: psycopg.Connection) -> None:
+    connection.execute(leader_probe.TABLE)
 
 
 def main() -> None:
@@ -134,30 +118,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--silenced-rounds", type=int, default=3)
     parser.add_argument("--poll", type=float, default=0.5, help="try-loop interval")
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get(
-            "BATCHWARDEN_TEST_DATABASE_URL",
-            "postgresql://postgres@127.0.0.1:5432/postgres",
-        ),
-    )
+    add_postgres_url(parser)
     args = parser.parse_args()
+    print(machine())
     print(
-        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores,"
-        f" Python {platform.python_version()}; default timing (heartbeat 0.5 s,"
-        " timeout 1 s, trust window 2 s, idle_session_timeout 3 s)"
+        "default timing: heartbeat 0.5 s, timeout 1 s, trust window 2 s,"
+        " idle_session_timeout 3 s"
     )
     print("hand-over: from the signal to the new leader's first leader-only action")
     for name, signum in (("SIGKILL", signal.SIGKILL), ("SIGTERM", signal.SIGTERM)):
-        with ScratchDatabase(args.postgres_url) as url:
+        with ScratchDatabase(args.postgres_url, create_probe_table) as url:
             print(summary(name, handovers(url, signum, args.rounds)), flush=True)
     print(f"the alternative: a try-loop every {args.poll} s with jitter")
-    with ScratchDatabase(args.postgres_url) as url:
+    with ScratchDatabase(args.postgres_url, create_probe_table) as url:
         poll = ("--lock-poll-interval", str(args.poll))
         times = handovers(url, signal.SIGKILL, args.rounds, *poll)
         print(summary("SIGKILL", times), flush=True)
     port = int(args.postgres_url.split("@")[1].split("/")[0].split(":")[1])
-    with ScratchDatabase(args.postgres_url) as url:
+    with ScratchDatabase(args.postgres_url, create_probe_table) as url:
         for stepped, taken in silenced(url, port, args.silenced_rounds):
             print(
                 f"silenced leader: stepped down after {stepped:.2f} s; PostgreSQL let"

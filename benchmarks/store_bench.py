@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import secrets
 import sqlite3
 import statistics
 import sys
@@ -34,6 +31,7 @@ from batchwarden.states import ItemStatus, JobStatus  # noqa: E402
 from batchwarden.store import open_store  # noqa: E402
 from batchwarden.store.base import INCOMING_COLUMNS, _incoming  # noqa: E402
 from batchwarden.store.records import ResultRow, Usage  # noqa: E402
+from benchmarks.common import ScratchDatabase, add_postgres_url, machine  # noqa: E402
 
 FLOOR_TABLE = (
     "CREATE TABLE floor_results (custom_id text, status text, result text,"
@@ -119,23 +117,6 @@ def sqlite_floor(path: str, rows: list[ResultRow]) -> float:
     return elapsed
 
 
-class ScratchDatabase:
-    def __init__(self, server_url: str) -> None:
-        self.server_url = server_url
-        self.name = "bw_bench_" + secrets.token_hex(4)
-        base, _, _ = server_url.rpartition("/")
-        self.url = f"{base}/{self.name}"
-
-    def __enter__(self) -> str:
-        with psycopg.connect(self.server_url, autocommit=True) as admin:
-            admin.execute(f"CREATE DATABASE {self.name}")
-        return self.url
-
-    def __exit__(self, *exc_info) -> None:
-        with psycopg.connect(self.server_url, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE {self.name} WITH (FORCE)")
-
-
 def report(name: str, count: int, ours: list[float], floors: list[float]) -> None:
     ours_s, floor_s = statistics.median(ours), statistics.median(floors)
     ratios = sorted(o / f for o, f in zip(ours, floors, strict=True))
@@ -164,20 +145,11 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--chunk", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get(
-            "BATCHWARDEN_TEST_DATABASE_URL",
-            "postgresql://postgres@127.0.0.1:5432/postgres",
-        ),
-    )
+    add_postgres_url(parser)
     args = parser.parse_args()
     rows = make_rows(args.items)
     size = sum(len(r.result) for r in rows) / len(rows)
-    print(
-        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores,"
-        f" Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
-    )
+    print(machine())
     print(
         f"{args.items:,} results of {size:.0f} bytes each, chunks of {args.chunk:,},"
         f" median of {args.rounds} rounds; floor: PostgreSQL bare COPY into an"

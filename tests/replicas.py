@@ -18,7 +18,9 @@ SCRIPT = Path(sys.executable).parent / "batchwarden"
 
 
 class Replica:
-    def __init__(self, database_url: str, name: str, *flags: str) -> None:
+    def __init__(
+        self, database_url: str, name: str, *flags: str, probe: bool = True
+    ) -> None:
         self.name = name
         self.log_path = Path(tempfile.mkstemp(prefix=f"bw-{name}-", suffix=".log")[1])
         env = {
@@ -28,7 +30,9 @@ class Replica:
             "BATCHWARDEN_LOG_FORMAT": "json",
         }
         command = [str(SCRIPT), "run", "--instance-id", name, "--port", "0"]
-        command += ["--leader-actor", "tests.leader_probe:probe", *flags]
+        if probe:
+            command += ["--leader-actor", "tests.leader_probe:probe"]
+        command += flags
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
                 command, stderr=log, stdout=subprocess.DEVNULL, env=env, cwd=ROOT

@@ -38,8 +38,10 @@ def probe_db(pg_url):
 def replicas(probe_db):
     started: list[Replica] = []
 
-    def start(name: str, *flags: str, url: str | None = None) -> Replica:
-        replica = Replica(url or probe_db, name, *flags)
+    def start(
+        name: str, *flags: str, url: str | None = None, probe: bool = True
+    ) -> Replica:
+        replica = Replica(url or probe_db, name, *flags, probe=probe)
         started.append(replica)
         return replica
 
@@ -77,6 +79,11 @@ def test_three_replicas_have_exactly_one_leader(replicas, probe_db):
     assert gauges[started.index(leader)] == 1.0
     shown = httpx.get(f"{started[0].url}/v1/leader", timeout=5).json()
     assert (shown["instance_id"], shown["term"]) == (leader.name, 1)
+    follower = next(r for r in started if r is not leader)
+    assert httpx.get(f"{follower.url}/healthz", timeout=5).json() == {"status": "ok"}
+    assert httpx.get(f"{follower.url}/readyz", timeout=5).json() == {"status": "ready"}
+    metrics = httpx.get(f"{follower.url}/metrics", timeout=5).text
+    assert "batchwarden_leader_term 1.0" in metrics
 
 
 def test_sigkill_of_the_leader_hands_over_to_another(replicas, probe_db):
@@ -167,3 +174,18 @@ def test_replicas_recover_from_a_postgresql_restart(replicas):
         assert at > restarted_at and term >= 2
     finally:
         server.stop()
+
+
+def test_on_sqlite_a_second_process_stays_a_follower(replicas, sqlite_url):
+    first = replicas("first", url=sqlite_url, probe=False)
+    wait_for(lambda: leader_gauges([first]) == [1.0])
+    second = replicas("second", url=sqlite_url, probe=False)
+    time.sleep(1.0)
+    assert leader_gauges([first, second]) == [1.0, 0.0]
+    warning = "SQLite: leadership is a file lock on this host only"
+    assert any(m.startswith(warning) for m in second.messages())
+    first.signal(signal.SIGTERM)
+    assert first.process.wait(timeout=30) == 0
+    wait_for(lambda: leader_gauges([second]) == [1.0])
+    shown = httpx.get(f"{second.url}/v1/leader", timeout=5).json()
+    assert (shown["instance_id"], shown["term"]) == ("second", 2)

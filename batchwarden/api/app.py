@@ -6,6 +6,8 @@ follower takes API traffic like the leader does.
 
 from __future__ import annotations
 
+import contextlib
+
 import trio
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -38,6 +40,8 @@ def build_app(store: SqlStore, leadership: Leadership) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        if not leadership.leading:
+            await _refresh_seen_term(store, leadership)
         return Response(leadership.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/leader")
@@ -53,3 +57,9 @@ def build_app(store: SqlStore, leadership: Leadership) -> FastAPI:
         }
 
     return app
+
+
+async def _refresh_seen_term(store: SqlStore, leadership: Leadership) -> None:
+    """A follower reports the newest term it can see at scrape time."""
+    with trio.move_on_after(READY_TIMEOUT_S), contextlib.suppress(RetryLater):
+        leadership.metrics.leader_term.set((await store.leader()).term)
