@@ -154,8 +154,10 @@ async def cmd_cancel(args: argparse.Namespace, store: SqlStore) -> None:
     job = await service.cancel_job(store, args.job_id)
     if args.json:
         out_json(service.job_document(await store.job_detail(job.id)))
-    else:
+    elif job.status.terminal:
         out(f"{job.id} cancelled")
+    else:
+        out(f"{job.id}: cancel requested; the leader cancels its provider batches")
 
 
 async def cmd_leader(args: argparse.Namespace, store: SqlStore) -> None:
@@ -201,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     results = verb("results", cmd_results, "print a job's items as JSON lines")
     results.add_argument("job_id", metavar="JOB_ID")
     results.add_argument("--output", metavar="FILE")
-    cancel = verb("cancel", cmd_cancel, "cancel a job that is not yet submitted")
+    cancel = verb("cancel", cmd_cancel, "cancel a job")
     cancel.add_argument("job_id", metavar="JOB_ID")
     verb("leader", cmd_leader, "show the current leader")
     run = verbs.add_parser(

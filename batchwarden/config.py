@@ -139,6 +139,12 @@ class Settings:
     keepalives_count: int = 2
     idle_session_timeout: float = 3.0
     tcp_user_timeout: float = 2.0
+    provider_timeout: float = 60.0
+    provider_concurrency: int = 16
+    results_chunk: int = 10_000
+    callback_timeout: float = 10.0
+    callback_backoff: float = 1.0
+    callback_max_attempts: int = 8
 
     def __repr__(self) -> str:
         return f"Settings({self.public()!r})"
@@ -184,6 +190,12 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "keepalives_count": _positive_int,
     "idle_session_timeout": _positive_float,
     "tcp_user_timeout": _positive_float,
+    "provider_timeout": _positive_float,
+    "provider_concurrency": _positive_int,
+    "results_chunk": _positive_int,
+    "callback_timeout": _positive_float,
+    "callback_backoff": _positive_float,
+    "callback_max_attempts": _positive_int,
 }
 
 

@@ -7,24 +7,25 @@ CLI and the API call these functions and print or serve what they return.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from batchwarden.documents import iso, item_line, job_document, job_summary
 from batchwarden.errors import Conflict, IllegalTransition, InvalidRequests
 from batchwarden.intake import Request
 from batchwarden.states import JobStatus
 from batchwarden.store import SqlStore
-from batchwarden.store.records import Job, JobDetail, ProviderBatch
+from batchwarden.store.records import Job
 
-
-def iso(value: datetime | None) -> str | None:
-    """RFC 3339 in UTC with a Z, or None."""
-    if value is None:
-        return None
-    return value.isoformat().replace("+00:00", "Z")
+__all__ = [
+    "cancel_job",
+    "create_job",
+    "iso",
+    "item_line",
+    "job_document",
+    "job_summary",
+]
 
 
 def check_callback_url(url: str | None) -> list[str]:
@@ -72,68 +73,15 @@ async def create_job(
 
 
 async def cancel_job(store: SqlStore, job_id: str) -> Job:
-    """Cancel a job that has not been submitted to the provider yet."""
+    """Cancel a job: at once if not yet submitted; otherwise the leader
+    cancels its provider batches and the job ends `cancelled` with the
+    results that arrived before."""
     try:
         return await store.cancel_job(job_id)
     except IllegalTransition as exc:
         if JobStatus(exc.current).terminal:
             raise Conflict(f"job {job_id} has already ended: {exc.current}") from None
-        raise Conflict(
-            f"job {job_id} is {exc.current}: only a job not yet submitted"
-            " (created) can be cancelled in this version"
-        ) from None
-
-
-def job_summary(job: Job) -> dict[str, Any]:
-    """A job as the listing shows it."""
-    return {
-        "id": job.id,
-        "status": job.status.value,
-        "item_count": job.item_count,
-        "created_at": iso(job.created_at),
-        "updated_at": iso(job.updated_at),
-        "finished_at": iso(job.finished_at),
-    }
-
-
-def job_document(detail: JobDetail) -> dict[str, Any]:
-    """A job as `status --json`, `GET /v1/jobs/{id}` and callbacks show it."""
-    job = detail.job
-    callback = detail.callback
-    return {
-        **job_summary(job),
-        "request_counts": {s.value: n for s, n in detail.item_counts.items()},
-        "provider_batches": [_batch_document(b) for b in detail.provider_batches],
-        "usage": detail.usage.as_dict(),
-        "metadata": job.metadata,
-        "error": job.error,
-        "callback_url": job.callback_url,
-        "callback": None
-        if callback is None
-        else {
-            "webhook_id": callback.id,
-            "status": callback.status,
-            "attempts": callback.attempts,
-            "last_error": callback.last_error,
-            "delivered_at": iso(callback.delivered_at),
-        },
-    }
-
-
-def _batch_document(batch: ProviderBatch) -> dict[str, Any]:
-    return {
-        "id": batch.provider_batch_id,
-        "attempt": batch.attempt,
-        "processing_status": batch.processing_status,
-        "request_count": batch.request_count,
-        "request_counts": batch.request_counts,
-        "created_at": iso(batch.created_at),
-        "ended_at": iso(batch.ended_at),
-        "results_stored_at": iso(batch.results_stored_at),
-    }
-
-
-def item_line(custom_id: str, status: str, result: str | None) -> str:
-    """One line of a results download; `result` is stored JSON text."""
-    head = json.dumps({"custom_id": custom_id, "status": status})[:-1]
-    return f'{head}, "result": {result or "null"}}}'
+    job = await store.request_cancel(job_id)
+    if job.status.terminal:
+        raise Conflict(f"job {job_id} has already ended: {job.status.value}")
+    return job

@@ -151,7 +151,8 @@ class LockHolder:
             worker_scope.deadline = started + timing.trust_window_s
 
     async def _workers(self, term: int, worker_scope: trio.CancelScope) -> str:
-        context = LeaderContext(self.store, self.settings, term)
+        metrics = self.leadership.metrics
+        context = LeaderContext(self.store, self.settings, term, metrics)
         reason = "trust window expired"
         with worker_scope:
             try:

@@ -18,33 +18,17 @@ after half its interval on average, and load the server with attempts.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 
 import trio
 
+from batchwarden.actors.backoff import Backoff
 from batchwarden.errors import RetryLater
 from batchwarden.supervisor.leadership import LockAcquired, LockReleased
 from batchwarden.supervisor.lock import LockSession, LockTiming
 from batchwarden.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-
-class Backoff:
-    """Doubling delays with jitter and a cap; reset after a success."""
-
-    def __init__(self, first_s: float = 0.1, cap_s: float = 5.0) -> None:
-        self.first_s, self.cap_s = first_s, cap_s
-        self._next = first_s
-
-    def next(self) -> float:
-        delay = self._next * random.uniform(0.5, 1.0)
-        self._next = min(self._next * 2, self.cap_s)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.first_s
 
 
 async def lock_retry(
@@ -57,7 +41,7 @@ async def lock_retry(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     task_status.started()
-    backoff = Backoff()
+    backoff = Backoff(first_s=0.1, cap_s=5.0)
     session = new_session()
     while True:
         started = trio.current_time()

@@ -52,11 +52,11 @@ T = TypeVar("T")
 
 JOB_COLUMNS = (
     "id, status, item_count, callback_url, metadata, error,"
-    " created_at, updated_at, finished_at"
+    " created_at, updated_at, finished_at, cancel_requested_at"
 )
 BATCH_COLUMNS = (
     "id, job_id, attempt, provider_batch_id, processing_status, request_count,"
-    " request_counts, created_at, ended_at, results_stored_at"
+    " request_counts, created_at, ended_at, results_stored_at, first_position"
 )
 INCOMING_COLUMNS = ("custom_id", "status", "result", *USAGE_KINDS, "model")
 
@@ -287,22 +287,10 @@ class SqlStore:
         *,
         term: int,
     ) -> WriteOutcome:
-        """Store a chunk of item results, idempotently, in one transaction.
-
-        Rows load into a scratch table, then one set-based INSERT appends
-        those whose item exists and is not yet stored for this attempt.
-        """
+        """Store a chunk of item results, idempotently, in one transaction."""
 
         def write(tx: Tx) -> WriteOutcome:
-            tx.scratch_table("incoming_results", _INCOMING_SQL)
-            tx.bulk_insert("incoming_results", INCOMING_COLUMNS, map(_incoming, rows))
-            tx.prefer_index_probes()
-            params = (job_id, attempt, batch_id, term, job_id)
-            stored = tx.execute(_APPEND_RESULTS, params)
-            if stored == len(rows):
-                return WriteOutcome(stored, 0, 0)
-            unknown = tx.one(_COUNT_UNKNOWN, (job_id,))[0]
-            return WriteOutcome(stored, len(rows) - stored - unknown, unknown)
+            return append_results(tx, job_id, batch_id, attempt, rows, term)
 
         return await self._fenced(term, write)
 
@@ -361,6 +349,26 @@ class SqlStore:
         return await self._run(bump, write=True)
 
 
+def append_results(
+    tx: Tx,
+    job_id: str,
+    batch_id: int,
+    attempt: int,
+    rows: Sequence[ResultRow],
+    term: int,
+) -> WriteOutcome:
+    """Rows load into a scratch table, then one set-based INSERT appends
+    those whose item exists and is not yet stored for this attempt."""
+    tx.scratch_table("incoming_results", _INCOMING_SQL)
+    tx.bulk_insert("incoming_results", INCOMING_COLUMNS, map(_incoming, rows))
+    tx.prefer_index_probes()
+    stored = tx.execute(_APPEND_RESULTS, (job_id, attempt, batch_id, term, job_id))
+    if stored == len(rows):
+        return WriteOutcome(stored, 0, 0)
+    unknown = tx.one(_COUNT_UNKNOWN, (job_id,))[0]
+    return WriteOutcome(stored, len(rows) - stored - unknown, unknown)
+
+
 def _statements(script: str) -> list[str]:
     return [part.strip() for part in script.split(";") if part.strip()]
 
@@ -376,6 +384,7 @@ def _job(row: tuple) -> Job:
         created_at=as_datetime(row[6]),
         updated_at=as_datetime(row[7]),
         finished_at=as_datetime(row[8]),
+        cancel_requested_at=as_datetime(row[9]),
     )
 
 
@@ -391,6 +400,7 @@ def _batch(row: tuple) -> ProviderBatch:
         created_at=as_datetime(row[7]),
         ended_at=as_datetime(row[8]),
         results_stored_at=as_datetime(row[9]),
+        first_position=row[10],
     )
 
 

@@ -25,7 +25,8 @@ import trio
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from batchwarden.errors import StoreUnavailable
-from batchwarden.store.base import SqlStore, Tx
+from batchwarden.store.base import Tx
+from batchwarden.store.pipeline import PipelineStore
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class _Running:
             )
 
 
-class PostgresStore(SqlStore):
+class PostgresStore(PipelineStore):
     dialect = "postgres"
 
     def __init__(

@@ -38,6 +38,7 @@ class Job:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    cancel_requested_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ class ProviderBatch:
     created_at: datetime
     ended_at: datetime | None
     results_stored_at: datetime | None
+    first_position: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

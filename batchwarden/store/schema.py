@@ -154,6 +154,23 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
+_PIPELINE = """
+ALTER TABLE jobs ADD COLUMN cancel_requested_at {ts};
+ALTER TABLE jobs ADD COLUMN claim_term bigint;
+ALTER TABLE provider_batches ADD COLUMN first_position integer;
+ALTER TABLE callbacks ADD COLUMN lease_term bigint;
+CREATE INDEX provider_batches_open ON provider_batches (processing_status, polled_at)
+"""
+
+MIGRATIONS += (
+    Migration(
+        2,
+        "pipeline: cancel requests, claims, batch ranges, callback leases",
+        postgres=_PIPELINE.format(ts="timestamptz"),
+        sqlite=_PIPELINE.format(ts="text"),
+    ),
+)
+
 MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version integer PRIMARY KEY,

@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 import trio
 
 from batchwarden.errors import StoreUnavailable
-from batchwarden.store.base import SqlStore, Tx
+from batchwarden.store.base import Tx
+from batchwarden.store.pipeline import PipelineStore
 
 T = TypeVar("T")
 
@@ -73,7 +74,7 @@ class SqliteTx(Tx):
         """BEGIN IMMEDIATE already holds the database's write lock."""
 
 
-class SqliteStore(SqlStore):
+class SqliteStore(PipelineStore):
     dialect = "sqlite"
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 10.0) -> None:

@@ -21,6 +21,7 @@ class LeaderContext:
     store: SqlStore
     settings: Settings
     term: int
+    metrics: Metrics
 
     @property
     def instance_id(self) -> str:

@@ -25,6 +25,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from batchwarden.actors.lock_holder import LockHolder
 from batchwarden.actors.lock_retry import lock_retry
+from batchwarden.actors.pipeline import pipeline
 from batchwarden.api.app import build_app
 from batchwarden.config import Settings
 from batchwarden.store import SqliteStore, SqlStore, connect
@@ -77,6 +78,7 @@ async def _supervise(
     metrics = Metrics()
     leadership = Leadership(settings.instance_id, metrics)
     stopping = trio.Event()
+    actors = [pipeline, *actors]
     holder = LockHolder(store, settings, timing, leadership, actors, stopping)
     acquired_send, acquired_receive = trio.open_memory_channel(0)
     released_send, released_receive = trio.open_memory_channel(0)

@@ -52,9 +52,47 @@ class Metrics:
             buckets=FAST_BUCKETS,
             registry=registry,
         )
+        self.polls = Counter(
+            "batchwarden_polls",
+            "provider status polls, by outcome (success or failure)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.items_ingested = Counter(
+            "batchwarden_items_ingested",
+            "item results stored, by item status",
+            ["status"],
+            registry=registry,
+        )
+        self.callbacks = Counter(
+            "batchwarden_callbacks",
+            "callback delivery attempts, by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        self.channel_depth = Gauge(
+            "batchwarden_channel_depth",
+            "messages waiting in an actor channel",
+            ["channel"],
+            registry=registry,
+        )
+        self.channel_capacity = Gauge(
+            "batchwarden_channel_capacity",
+            "capacity of an actor channel",
+            ["channel"],
+            registry=registry,
+        )
         Info("batchwarden_build", "version of this replica", registry=registry).info(
             {"version": __version__}
         )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def watch_channel(self, name: str, channel) -> None:
+        """Report a trio memory channel's depth at each scrape."""
+        stats = channel.statistics
+        self.channel_depth.labels(name).set_function(
+            lambda: stats().current_buffer_used
+        )
+        self.channel_capacity.labels(name).set(stats().max_buffer_size)

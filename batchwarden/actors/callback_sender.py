@@ -1,0 +1,133 @@
+"""Callback sender: the outbox -> signed webhooks, retried with backoff.
+
+Owns: delivering callback rows. It leases due callbacks (so a new leader
+knows which were in flight), POSTs each with the Standard Webhooks headers
+(`webhook-id` stable across attempts, `webhook-timestamp`, and with
+`WEBHOOK_SECRET` a `webhook-signature` made by the `standardwebhooks`
+library), and records every attempt. Any 2xx is delivered. Otherwise the
+next attempt waits `CALLBACK_BACKOFF * 2^(attempt-1)`, jittered, or the
+receiver's `Retry-After` if longer (capped at an hour); after
+`CALLBACK_MAX_ATTEMPTS` the callback is `exhausted`, visible on the job.
+
+It wakes when the item fetcher writes a callback (a coalesced poke) and
+once a second for retries that came due.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import trio
+from standardwebhooks.webhooks import Webhook
+
+from batchwarden.actors.backoff import schedule
+from batchwarden.actors.messages import CallbackDue
+from batchwarden.store.pipeline import Callback
+from batchwarden.supervisor.leadership import LeaderContext
+
+log = logging.getLogger(__name__)
+
+BATCH = 16
+CONCURRENCY = 8
+IDLE_S = 1.0
+MAX_RETRY_AFTER_S = 3600.0
+
+
+async def callback_sender(
+    context: LeaderContext, pokes: trio.MemoryReceiveChannel[CallbackDue]
+) -> None:
+    settings = context.settings
+    secret = settings.webhook_secret
+    signer = Webhook(secret.reveal()) if secret is not None else None
+    limiter = trio.CapacityLimiter(CONCURRENCY)
+    async with httpx.AsyncClient(timeout=settings.callback_timeout) as client:
+        while True:
+            due = await context.store.lease_callbacks(
+                term=context.term, limit=BATCH, lease_s=settings.callback_timeout + 5
+            )
+            async with trio.open_nursery() as nursery:
+                for callback in due:
+                    nursery.start_soon(
+                        _deliver, context, client, signer, limiter, callback
+                    )
+            if len(due) < BATCH:
+                with trio.move_on_after(IDLE_S):
+                    await pokes.receive()
+
+
+async def _deliver(
+    context: LeaderContext,
+    client: httpx.AsyncClient,
+    signer: Webhook | None,
+    limiter: trio.CapacityLimiter,
+    callback: Callback,
+) -> None:
+    async with limiter:
+        started = time.perf_counter()
+        status_code, error, retry_after = await _post(client, signer, callback)
+        duration = time.perf_counter() - started
+    attempt = callback.attempts + 1
+    next_at = _next_attempt(context, attempt, retry_after)
+    status = await context.store.record_attempt(
+        callback,
+        status_code=status_code,
+        error=error,
+        duration_s=duration,
+        next_attempt_at=next_at,
+        term=context.term,
+    )
+    context.metrics.callbacks.labels(status).inc()
+    extra = {"job_id": callback.job_id, "attempt": attempt}
+    if status == "delivered":
+        log.info("callback delivered", extra=extra)
+    elif status == "exhausted":
+        log.error("callback exhausted: %s", error, extra=extra)
+    else:
+        log.info("callback failed, will retry: %s", error, extra=extra)
+
+
+async def _post(
+    client: httpx.AsyncClient, signer: Webhook | None, callback: Callback
+) -> tuple[int | None, str | None, float | None]:
+    """(status code, error, retry-after seconds) of one POST."""
+    stamp = datetime.now(UTC)
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": callback.id,
+        "webhook-timestamp": str(int(stamp.timestamp())),
+    }
+    if signer is not None:
+        headers["webhook-signature"] = signer.sign(callback.id, stamp, callback.payload)
+    try:
+        response = await client.post(
+            callback.url, content=callback.payload, headers=headers
+        )
+    except httpx.HTTPError as exc:
+        return None, f"{type(exc).__name__}: {exc}"[:500], None
+    if 200 <= response.status_code < 300:
+        return response.status_code, None, None
+    return (
+        response.status_code,
+        f"HTTP {response.status_code}",
+        _retry_after(response.headers.get("retry-after")),
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S) if value else None
+    except ValueError:
+        return None
+
+
+def _next_attempt(
+    context: LeaderContext, attempt: int, retry_after: float | None
+) -> datetime | None:
+    settings = context.settings
+    if attempt >= settings.callback_max_attempts:
+        return None
+    delay = max(schedule(attempt, settings.callback_backoff), retry_after or 0.0)
+    return datetime.now(UTC) + timedelta(seconds=delay)

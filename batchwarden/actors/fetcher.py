@@ -1,0 +1,93 @@
+"""Item fetcher: ended batches -> streamed results -> items, terminal job.
+
+Owns: ingesting one batch at a time. Results stream from the provider and
+are written in chunks of `RESULTS_CHUNK` rows, each chunk one fenced,
+idempotent transaction; memory holds one chunk, whatever the batch's size.
+The last chunk's transaction also marks the batch stored and, when it was
+the job's last batch, ends the job and writes its callback. A stream that
+breaks midway leaves the batch unstored: the poller sends it again on a
+later cycle, and the rows already written are skipped on the primary key.
+Results for custom_ids the job lacks are counted and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from contextlib import aclosing, suppress
+
+import trio
+
+from batchwarden.actors.messages import CallbackDue, FetchQueue, FetchResults
+from batchwarden.providers.anthropic import (
+    AnthropicProvider,
+    BatchNotFound,
+    ProviderUnavailable,
+)
+from batchwarden.store.records import ProviderBatch, ResultRow
+from batchwarden.supervisor.leadership import LeaderContext
+
+log = logging.getLogger(__name__)
+
+
+async def fetcher(
+    context: LeaderContext,
+    provider: AnthropicProvider,
+    batches: trio.MemoryReceiveChannel[FetchResults],
+    queue: FetchQueue,
+    callbacks: trio.MemorySendChannel[CallbackDue],
+) -> None:
+    async for message in batches:
+        batch = message.batch
+        try:
+            await ingest(context, provider, batch, callbacks)
+        except ProviderUnavailable as exc:
+            log.warning(
+                "results stream broke; will fetch again: %s",
+                exc,
+                extra={"job_id": batch.job_id, "batch_id": batch.provider_batch_id},
+            )
+        except BatchNotFound as exc:
+            log.error("results are gone: %s", exc, extra={"job_id": batch.job_id})
+            await context.store.vanish(batch.id, batch.job_id, term=context.term)
+        finally:
+            queue.done(batch.id)
+
+
+async def ingest(
+    context: LeaderContext,
+    provider: AnthropicProvider,
+    batch: ProviderBatch,
+    callbacks: trio.MemorySendChannel[CallbackDue],
+) -> None:
+    chunk_size = context.settings.results_chunk
+    chunk: list[ResultRow] = []
+    async with aclosing(provider.results(batch.provider_batch_id)) as rows:
+        async for row in rows:
+            chunk.append(row)
+            if len(chunk) == chunk_size:
+                await _store(context, batch, chunk, last=False)
+                chunk = []
+    ended = await _store(context, batch, chunk, last=True)
+    if ended is not None and ended.callback:
+        # A poke already waiting is enough: the sender will look anyway.
+        with suppress(trio.WouldBlock):
+            callbacks.send_nowait(CallbackDue())
+    if ended is not None:
+        log.info("job ended: %s", ended.status.value, extra={"job_id": ended.job_id})
+
+
+async def _store(context: LeaderContext, batch: ProviderBatch, chunk, *, last: bool):
+    outcome, ended = await context.store.store_results(
+        batch, chunk, last=last, term=context.term
+    )
+    counter = context.metrics.items_ingested
+    for status, count in Counter(row.status.value for row in chunk).items():
+        counter.labels(status).inc(count)
+    if outcome.unknown:
+        log.warning(
+            "%d results for custom_ids the job lacks were dropped",
+            outcome.unknown,
+            extra={"job_id": batch.job_id, "batch_id": batch.provider_batch_id},
+        )
+    return ended

@@ -1,0 +1,145 @@
+"""Submitter: created jobs -> pending -> provider batches -> running.
+
+Owns: claiming created jobs (oldest first) and creating their provider
+batches. A job larger than the provider's limits is split, by request count
+and by bytes, into parts of consecutive items. Each part is recorded
+(`creating`) before it is created at the provider and gets its provider id
+after; the job moves to running in the transaction that records its last
+part. A job whose submission was interrupted (a crash, a hand-over) is
+resumed from its first part without a provider id.
+
+Errors: a rejection fails the job with the provider's message (parts
+already created stay listed on the job); an outage is retried with backoff
+and the provider's `retry-after`, the job staying pending meanwhile. A
+cancel asked before submission ends the job `cancelled`.
+
+Known gap: a crash between the provider's create and the recording of its id
+creates that part again on resume; the provider then processes it twice.
+The provider's API takes no idempotency key for batch creation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import trio
+
+from batchwarden.actors.backoff import Backoff
+from batchwarden.actors.messages import SubmitJob
+from batchwarden.providers.anthropic import (
+    AnthropicProvider,
+    ProviderRejected,
+    ProviderUnavailable,
+)
+from batchwarden.store.pipeline import PollUpdate
+from batchwarden.store.records import Job
+from batchwarden.supervisor.leadership import LeaderContext
+
+log = logging.getLogger(__name__)
+
+CLAIM_LIMIT = 10
+IDLE_S = 1.0
+
+
+def plan_parts(sizes: list[int], max_requests: int, max_bytes: int) -> list[tuple]:
+    """(first position, count) of each part, greedy in submission order."""
+    parts: list[tuple[int, int]] = []
+    first, count, size = 0, 0, 0
+    for position, item_size in enumerate(sizes):
+        if count and (count == max_requests or size + item_size > max_bytes):
+            parts.append((first, count))
+            first, count, size = position, 0, 0
+        count += 1
+        size += item_size
+    if count:
+        parts.append((first, count))
+    return parts
+
+
+async def submitter(
+    context: LeaderContext,
+    provider: AnthropicProvider,
+    reclaimed: trio.MemoryReceiveChannel[SubmitJob],
+) -> None:
+    store, term = context.store, context.term
+    backoff = Backoff()
+    while True:
+        jobs = await store.claim_jobs(term=term, limit=CLAIM_LIMIT)
+        jobs += [await store.get_job(m.job_id) for m in _drain(reclaimed)]
+        for job in jobs:
+            await _submit_until_done(context, provider, job, backoff)
+        if not jobs:
+            with trio.move_on_after(IDLE_S):
+                message = await reclaimed.receive()
+                job = await store.get_job(message.job_id)
+                await _submit_until_done(context, provider, job, backoff)
+
+
+def _drain(channel: trio.MemoryReceiveChannel[SubmitJob]) -> list[SubmitJob]:
+    messages = []
+    while True:
+        try:
+            messages.append(channel.receive_nowait())
+        except trio.WouldBlock:
+            return messages
+
+
+async def _submit_until_done(
+    context: LeaderContext, provider: AnthropicProvider, job: Job, backoff: Backoff
+) -> None:
+    while True:
+        try:
+            await submit(context, provider, job)
+            backoff.reset()
+            return
+        except ProviderRejected as exc:
+            log.warning("provider rejected job: %s", exc, extra={"job_id": job.id})
+            await context.store.fail_job(job.id, str(exc), term=context.term)
+            return
+        except ProviderUnavailable as exc:
+            delay = backoff.next(exc.retry_after_s)
+            log.info(
+                "provider unavailable, retrying: %s",
+                exc,
+                extra={"job_id": job.id, "sleep_s": round(delay, 3)},
+            )
+            await trio.sleep(delay)
+            job = await context.store.get_job(job.id)
+
+
+async def submit(context: LeaderContext, provider: AnthropicProvider, job: Job) -> None:
+    store, term, settings = context.store, context.term, context.settings
+    if job.cancel_requested_at is not None:
+        await store.cancel_pending(job.id, term=term)
+        return
+    sizes = await store.item_sizes(job.id)
+    parts = plan_parts(sizes, settings.batch_max_requests, settings.batch_max_bytes)
+    existing = {p.first_position: p for p in await store.submission_parts(job.id)}
+    for index, (first, count) in enumerate(parts):
+        part = existing.get(first)
+        if part is not None and part.provider_batch_id is not None:
+            continue
+        if part is None:
+            part = await store.add_part(job.id, first=first, count=count, term=term)
+        items = await store.items_range(job.id, first, count)
+        requests = [{"custom_id": c, "params": json.loads(p)} for c, p in items]
+        state = await provider.create(requests)
+        update = PollUpdate(
+            part.id,
+            state.processing_status,
+            state.request_counts,
+            None,
+            state.expires_at,
+            None,
+        )
+        last = index == len(parts) - 1
+        await store.record_created(
+            part.id, state.id, update, job_id=job.id, last=last, term=term
+        )
+        log.info(
+            "created provider batch %s (%d items)",
+            state.id,
+            count,
+            extra={"job_id": job.id, "batch_id": state.id},
+        )

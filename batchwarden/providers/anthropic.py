@@ -1,0 +1,195 @@
+"""The Anthropic Message Batches adapter, over the official SDK.
+
+Every call runs under a trio deadline; the SDK's own retries are off (its
+backoff would honour a `retry-after` of hours), so what to do next is
+decided here, once, and given to the caller as one of three errors:
+
+- `ProviderUnavailable` (retry later): rate limits, overload, 5xx, time-outs,
+  broken connections, answers that are not valid JSON; carries the
+  provider's `retry-after`, capped;
+- `ProviderRejected` (give up on this job): the provider refused the request
+  (400, 413, 422) and says why;
+- `BatchNotFound`: the provider does not know the batch.
+
+Results are streamed as raw lines and parsed here, one line at a time: the
+SDK's per-line models cost ten times more than `json.loads`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import anthropic
+import httpx2
+import trio
+
+from batchwarden.errors import Rejected, RetryLater
+from batchwarden.states import ItemStatus
+from batchwarden.store.records import ResultRow, Usage
+
+T = TypeVar("T")
+
+MAX_RETRY_AFTER_S = 300.0
+
+
+class ProviderUnavailable(RetryLater):
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ProviderRejected(Rejected):
+    pass
+
+
+class BatchNotFound(Rejected):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class BatchState:
+    id: str
+    processing_status: str
+    request_counts: dict[str, int]
+    created_at: datetime
+    ended_at: datetime | None
+    expires_at: datetime | None
+    archived_at: datetime | None
+
+
+class AnthropicProvider:
+    def __init__(
+        self, *, base_url: str | None, api_key: str | None, timeout_s: float = 60.0
+    ) -> None:
+        self.timeout_s = timeout_s
+        self._client = anthropic.AsyncAnthropic(
+            base_url=base_url,
+            api_key=api_key or "missing-key",
+            max_retries=0,
+            timeout=timeout_s,
+        )
+
+    async def create(self, requests: list[dict[str, Any]]) -> BatchState:
+        batches = self._client.messages.batches
+        return _state(await self._call(lambda: batches.create(requests=requests)))
+
+    async def retrieve(self, batch_id: str) -> BatchState:
+        batches = self._client.messages.batches
+        return _state(await self._call(lambda: batches.retrieve(batch_id)))
+
+    async def cancel(self, batch_id: str) -> BatchState:
+        batches = self._client.messages.batches
+        return _state(await self._call(lambda: batches.cancel(batch_id)))
+
+    async def results(self, batch_id: str) -> AsyncIterator[ResultRow]:
+        """The batch's results, one row at a time, as they arrive. A broken
+        stream raises ProviderUnavailable; each line is checked."""
+        streaming = self._client.messages.batches.with_streaming_response
+        try:
+            with trio.fail_after(self.timeout_s):
+                opened = streaming.results(batch_id)
+                response = await opened.__aenter__()
+            try:
+                async for line in response.iter_lines():
+                    if line:
+                        yield parse_result(line)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await opened.__aexit__(None, None, None)
+        except trio.TooSlowError:
+            raise ProviderUnavailable("results: no answer in time") from None
+        except Exception as exc:
+            raise _translate(exc) from None
+
+    async def _call(self, call: Callable[[], Any]) -> Any:
+        try:
+            with trio.fail_after(self.timeout_s + 1):
+                return await call()
+        except trio.TooSlowError:
+            raise ProviderUnavailable("the provider did not answer in time") from None
+        except Exception as exc:
+            raise _translate(exc) from None
+
+
+def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, (ProviderUnavailable, ProviderRejected)):
+        return exc
+    if isinstance(exc, anthropic.NotFoundError):
+        return BatchNotFound(_message(exc))
+    if isinstance(exc, (anthropic.RateLimitError, anthropic.InternalServerError)):
+        return ProviderUnavailable(_message(exc), _retry_after(exc.response))
+    if isinstance(exc, anthropic.APIStatusError) and exc.status_code in (408, 409):
+        return ProviderUnavailable(_message(exc))
+    if isinstance(exc, anthropic.APIStatusError) and exc.status_code >= 500:
+        return ProviderUnavailable(_message(exc))
+    if isinstance(exc, anthropic.APIStatusError):
+        return ProviderRejected(_message(exc))
+    if isinstance(exc, (anthropic.APIConnectionError, httpx2.HTTPError)):
+        return ProviderUnavailable(f"connection: {exc}")
+    if isinstance(exc, (json.JSONDecodeError, anthropic.APIResponseValidationError)):
+        return ProviderUnavailable(f"the provider's answer did not parse: {exc}")
+    if isinstance(exc, MalformedResult):
+        return ProviderUnavailable(str(exc))
+    return exc
+
+
+def _message(exc: anthropic.APIStatusError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error", {}) if isinstance(body.get("error"), dict) else {}
+    kind, text = error.get("type", "error"), error.get("message", str(exc))
+    return f"{exc.status_code} {kind}: {text}"
+
+
+def _retry_after(response: httpx2.Response) -> float | None:
+    try:
+        value = float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return min(max(value, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _state(batch: anthropic.types.messages.MessageBatch) -> BatchState:
+    return BatchState(
+        id=batch.id,
+        processing_status=batch.processing_status,
+        request_counts=batch.request_counts.model_dump(),
+        created_at=batch.created_at,
+        ended_at=batch.ended_at,
+        expires_at=batch.expires_at,
+        archived_at=batch.archived_at,
+    )
+
+
+class MalformedResult(ValueError):
+    pass
+
+
+def parse_result(line: str) -> ResultRow:
+    """One results line -> a row to store; MalformedResult if it is not one."""
+    try:
+        document = json.loads(line)
+        custom_id = document["custom_id"]
+        result = document["result"]
+        status = ItemStatus(result["type"])
+    except (ValueError, KeyError, TypeError):
+        raise MalformedResult(f"a results line did not parse: {line[:120]!r}") from None
+    if status is not ItemStatus.SUCCEEDED:
+        return ResultRow(custom_id, status, json.dumps(result))
+    message = result.get("message") or {}
+    usage = message.get("usage") or {}
+    return ResultRow(
+        custom_id=custom_id,
+        status=status,
+        result=json.dumps(result),
+        usage=Usage(
+            input_tokens=usage.get("input_tokens") or 0,
+            output_tokens=usage.get("output_tokens") or 0,
+            cache_creation_input_tokens=usage.get("cache_creation_input_tokens") or 0,
+            cache_read_input_tokens=usage.get("cache_read_input_tokens") or 0,
+        ),
+        model=message.get("model"),
+    )

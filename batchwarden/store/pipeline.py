@@ -1,0 +1,468 @@
+"""The leader's reads and writes: submission, polls, result ingest, callbacks.
+
+Every write here is fenced by the leader's term (see `SqlStore._fenced`).
+The one that ends a job does so in the same transaction as the job's last
+chunk of results and its callback outbox row, so a job is never terminal
+with results missing, and a terminal job never lacks its callback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from batchwarden import ids
+from batchwarden.documents import callback_payload
+from batchwarden.states import ItemStatus, JobStatus
+from batchwarden.store.base import (
+    BATCH_COLUMNS,
+    JOB_COLUMNS,
+    SqlStore,
+    Tx,
+    _batch,
+    _job,
+    _move,
+    _read_detail,
+    _read_job,
+    append_results,
+    now,
+)
+from batchwarden.store.records import Job, ProviderBatch, ResultRow, WriteOutcome
+
+_SUBMITTED = (JobStatus.PENDING.value, JobStatus.RUNNING.value)
+
+
+@dataclass(frozen=True, slots=True)
+class PollUpdate:
+    """What one retrieve said about a provider batch."""
+
+    batch_id: int
+    processing_status: str
+    request_counts: dict[str, int]
+    ended_at: datetime | None
+    expires_at: datetime | None
+    archived_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Callback:
+    id: str
+    job_id: str
+    url: str
+    payload: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobEnd:
+    """A job the last chunk of results ended, and whether it has a callback."""
+
+    job_id: str
+    status: JobStatus
+    callback: bool
+
+
+class PipelineStore(SqlStore):
+    # -- cancel requests (user writes) ------------------------------------
+
+    async def request_cancel(self, job_id: str) -> Job:
+        """Ask the leader to cancel a submitted job; it stays in its status
+        until the provider has cancelled its batches."""
+
+        def request(tx: Tx) -> Job:
+            stamp = now()
+            row = tx.one(
+                "UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at,"
+                " %s), updated_at = %s WHERE id = %s AND status IN (%s, %s)"
+                f" RETURNING {JOB_COLUMNS}",
+                (
+                    stamp,
+                    stamp,
+                    job_id,
+                    JobStatus.PENDING.value,
+                    JobStatus.RUNNING.value,
+                ),
+            )
+            return _job(row) if row else _read_job(tx, job_id)
+
+        return await self._run(request, write=True)
+
+    # -- submission ---------------------------------------------------------
+
+    async def claim_jobs(self, *, term: int, limit: int) -> list[Job]:
+        """Move up to `limit` created jobs, oldest first, to pending."""
+
+        def claim(tx: Tx) -> list[Job]:
+            stamp = now()
+            rows = tx.all(
+                "UPDATE jobs SET status = %s, claim_term = %s, updated_at = %s"
+                " WHERE id IN (SELECT id FROM jobs WHERE status = %s"
+                f" ORDER BY id LIMIT %s) RETURNING {JOB_COLUMNS}",
+                (JobStatus.PENDING.value, term, stamp, JobStatus.CREATED.value, limit),
+            )
+            return sorted((_job(row) for row in rows), key=lambda job: job.id)
+
+        return await self._fenced(term, claim)
+
+    async def reclaim_pending(self, *, term: int) -> list[str]:
+        """Pending jobs claimed in an older term (their submitter died):
+        claim them for this term and return their ids, oldest first."""
+
+        def reclaim(tx: Tx) -> list[str]:
+            rows = tx.all(
+                "UPDATE jobs SET claim_term = %s WHERE status = %s"
+                " AND (claim_term IS NULL OR claim_term < %s) RETURNING id",
+                (term, JobStatus.PENDING.value, term),
+            )
+            return sorted(row[0] for row in rows)
+
+        return await self._fenced(term, reclaim)
+
+    async def submission_parts(self, job_id: str) -> list[ProviderBatch]:
+        sql = (
+            f"SELECT {BATCH_COLUMNS} FROM provider_batches"
+            " WHERE job_id = %s AND attempt = 1 ORDER BY first_position"
+        )
+        rows = await self._run(lambda tx: tx.all(sql, (job_id,)), write=False)
+        return [_batch(row) for row in rows]
+
+    async def item_sizes(self, job_id: str) -> list[int]:
+        """The byte size of each item's params, in submission order."""
+        sql = (
+            "SELECT length(params) + length(custom_id) FROM items"
+            " WHERE job_id = %s ORDER BY position"
+        )
+        rows = await self._run(lambda tx: tx.all(sql, (job_id,)), write=False)
+        return [row[0] for row in rows]
+
+    async def items_range(
+        self, job_id: str, first: int, count: int
+    ) -> list[tuple[str, str]]:
+        """(custom_id, params JSON) of items [first, first + count)."""
+        sql = (
+            "SELECT custom_id, params FROM items WHERE job_id = %s"
+            " AND position >= %s AND position < %s ORDER BY position"
+        )
+        params = (job_id, first, first + count)
+        return await self._run(lambda tx: tx.all(sql, params), write=False)
+
+    async def add_part(
+        self, job_id: str, *, first: int, count: int, term: int
+    ) -> ProviderBatch:
+        """Record a part of a job about to be created at the provider."""
+
+        def add(tx: Tx) -> ProviderBatch:
+            row = tx.one(
+                "INSERT INTO provider_batches (job_id, attempt, processing_status,"
+                " request_count, first_position, created_at)"
+                f" VALUES (%s, 1, 'creating', %s, %s, %s) RETURNING {BATCH_COLUMNS}",
+                (job_id, count, first, now()),
+            )
+            return _batch(row)
+
+        return await self._fenced(term, add)
+
+    async def record_created(
+        self,
+        batch_id: int,
+        provider_batch_id: str,
+        update: PollUpdate,
+        *,
+        job_id: str,
+        last: bool,
+        term: int,
+    ) -> None:
+        """A part now exists at the provider; with the last part, the job
+        moves to running in the same transaction."""
+
+        def record(tx: Tx) -> None:
+            tx.execute(
+                "UPDATE provider_batches SET provider_batch_id = %s,"
+                " processing_status = %s, expires_at = %s WHERE id = %s",
+                (
+                    provider_batch_id,
+                    update.processing_status,
+                    update.expires_at,
+                    batch_id,
+                ),
+            )
+            if last:
+                _move(tx, job_id, JobStatus.RUNNING, (JobStatus.PENDING,))
+
+        await self._fenced(term, record)
+
+    async def fail_job(self, job_id: str, error: str, *, term: int) -> Job:
+        def fail(tx: Tx) -> Job:
+            sources = (JobStatus.PENDING, JobStatus.RUNNING)
+            return _move(tx, job_id, JobStatus.FAILED, sources, error=error)
+
+        return await self._fenced(term, fail)
+
+    async def cancel_pending(self, job_id: str, *, term: int) -> Job:
+        """A pending job whose cancel was asked before it reached the provider."""
+
+        def cancel(tx: Tx) -> Job:
+            return _move(tx, job_id, JobStatus.CANCELLED, (JobStatus.PENDING,))
+
+        return await self._fenced(term, cancel)
+
+    # -- polling -------------------------------------------------------------
+
+    async def open_batches(self, *, limit: int) -> list[ProviderBatch]:
+        """Batches the provider is still processing, least recently polled
+        first."""
+        sql = (
+            f"SELECT {BATCH_COLUMNS} FROM provider_batches"
+            " WHERE processing_status IN ('in_progress', 'canceling')"
+            " AND provider_batch_id IS NOT NULL"
+            " ORDER BY polled_at IS NOT NULL, polled_at, id LIMIT %s"
+        )
+        rows = await self._run(lambda tx: tx.all(sql, (limit,)), write=False)
+        return [_batch(row) for row in rows]
+
+    async def unfetched_batches(self) -> list[ProviderBatch]:
+        """Ended batches whose results are not stored yet, oldest first."""
+        sql = (
+            f"SELECT {BATCH_COLUMNS} FROM provider_batches"
+            " WHERE processing_status = 'ended' AND results_stored_at IS NULL"
+            " ORDER BY ended_at, id"
+        )
+        rows = await self._run(lambda tx: tx.all(sql), write=False)
+        return [_batch(row) for row in rows]
+
+    async def cancel_requests(self) -> list[ProviderBatch]:
+        """Open batches of running jobs whose cancel was asked."""
+        columns = ", ".join(f"b.{c.strip()}" for c in BATCH_COLUMNS.split(","))
+        sql = (
+            f"SELECT {columns} FROM provider_batches b JOIN jobs j ON j.id = b.job_id"
+            " WHERE j.cancel_requested_at IS NOT NULL AND j.status = 'running'"
+            " AND b.processing_status = 'in_progress'"
+        )
+        rows = await self._run(lambda tx: tx.all(sql), write=False)
+        return [_batch(row) for row in rows]
+
+    async def record_polls(self, updates: Sequence[PollUpdate], *, term: int) -> None:
+        """Every status change of a poll cycle, in one set-based statement."""
+
+        def record(tx: Tx) -> None:
+            tx.scratch_table("polled", _POLLED_SQL)
+            stamp = now()
+            tx.bulk_insert(
+                "polled", _POLLED_COLUMNS, (_polled(u, stamp) for u in updates)
+            )
+            tx.execute(_APPLY_POLLS)
+
+        if updates:
+            await self._fenced(term, record)
+
+    async def vanish(self, batch_id: int, job_id: str, *, term: int) -> None:
+        """The provider no longer knows a batch: the job fails, nothing is
+        left half-done."""
+
+        def vanish(tx: Tx) -> None:
+            tx.execute(
+                "UPDATE provider_batches SET processing_status = 'vanished'"
+                " WHERE id = %s",
+                (batch_id,),
+            )
+            sources = (JobStatus.PENDING, JobStatus.RUNNING)
+            error = "the provider no longer knows one of the job's batches"
+            _move(tx, job_id, JobStatus.FAILED, sources, error=error)
+
+        await self._fenced(term, vanish)
+
+    # -- results -----------------------------------------------------------------
+
+    async def store_results(
+        self,
+        batch: ProviderBatch,
+        rows: Sequence[ResultRow],
+        *,
+        last: bool,
+        term: int,
+    ) -> tuple[WriteOutcome, JobEnd | None]:
+        """A chunk of a batch's results; with the last chunk, the batch is
+        marked stored and, if it was the job's last, the job ends and its
+        callback is written, all in this one transaction."""
+
+        def write(tx: Tx) -> tuple[WriteOutcome, JobEnd | None]:
+            outcome = append_results(
+                tx, batch.job_id, batch.id, batch.attempt, rows, term
+            )
+            if not last:
+                return outcome, None
+            tx.execute(
+                "UPDATE provider_batches SET results_stored_at = %s WHERE id = %s",
+                (now(), batch.id),
+            )
+            return outcome, _end_job_if_done(tx, batch.job_id)
+
+        return await self._fenced(term, write)
+
+    # -- callbacks -----------------------------------------------------------------
+
+    async def lease_callbacks(
+        self, *, term: int, limit: int, lease_s: float
+    ) -> list[Callback]:
+        """Due callbacks, leased to this term for `lease_s` while delivered."""
+
+        def lease(tx: Tx) -> list[Callback]:
+            stamp = now()
+            rows = tx.all(
+                "UPDATE callbacks SET lease_term = %s, next_attempt_at = %s"
+                " WHERE id IN (SELECT id FROM callbacks WHERE status = 'pending'"
+                " AND next_attempt_at <= %s ORDER BY next_attempt_at LIMIT %s)"
+                " RETURNING id, job_id, url, payload, attempts",
+                (term, stamp + timedelta(seconds=lease_s), stamp, limit),
+            )
+            return [Callback(*row) for row in rows]
+
+        return await self._fenced(term, lease)
+
+    async def record_attempt(
+        self,
+        callback: Callback,
+        *,
+        status_code: int | None,
+        error: str | None,
+        duration_s: float,
+        next_attempt_at: datetime | None,
+        term: int,
+    ) -> str:
+        """Record one delivery attempt; returns the callback's new status:
+        `delivered` (a 2xx), `pending` (retry at `next_attempt_at`) or
+        `exhausted` (no retry left)."""
+        delivered = status_code is not None and 200 <= status_code < 300
+        status = "delivered" if delivered else "pending"
+        if not delivered and next_attempt_at is None:
+            status = "exhausted"
+
+        def record(tx: Tx) -> str:
+            stamp = now()
+            attempt = callback.attempts + 1
+            tx.execute(
+                "INSERT INTO callback_attempts (callback_id, attempt, attempted_at,"
+                " status_code, error, duration_seconds) VALUES (%s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT DO NOTHING",
+                (callback.id, attempt, stamp, status_code, error, duration_s),
+            )
+            tx.execute(
+                "UPDATE callbacks SET status = %s, attempts = %s, last_error = %s,"
+                " next_attempt_at = COALESCE(%s, next_attempt_at),"
+                " delivered_at = %s WHERE id = %s",
+                (
+                    status,
+                    attempt,
+                    error,
+                    next_attempt_at,
+                    stamp if delivered else None,
+                    callback.id,
+                ),
+            )
+            return status
+
+        return await self._fenced(term, record)
+
+    async def reclaim_callbacks(self, *, term: int) -> int:
+        """Callbacks leased by an older term are due again now."""
+
+        def reclaim(tx: Tx) -> int:
+            return tx.execute(
+                "UPDATE callbacks SET next_attempt_at = %s, lease_term = %s"
+                " WHERE status = 'pending' AND lease_term < %s",
+                (now(), term, term),
+            )
+
+        return await self._fenced(term, reclaim)
+
+    async def callback_attempts(self, callback_id: str) -> list[tuple]:
+        sql = (
+            "SELECT attempt, status_code, error FROM callback_attempts"
+            " WHERE callback_id = %s ORDER BY attempt"
+        )
+        return await self._run(lambda tx: tx.all(sql, (callback_id,)), write=False)
+
+
+def _end_job_if_done(tx: Tx, job_id: str) -> JobEnd | None:
+    waiting = tx.one(
+        "SELECT count(*) FROM provider_batches WHERE job_id = %s"
+        " AND results_stored_at IS NULL AND processing_status <> 'vanished'",
+        (job_id,),
+    )[0]
+    job = _read_job(tx, job_id)
+    if waiting or job.status is not JobStatus.RUNNING:
+        return None
+    target = _terminal_status(tx, job)
+    _move(tx, job_id, target, (JobStatus.RUNNING,))
+    detail = _read_detail(tx, job_id)
+    if job.callback_url is None:
+        return JobEnd(job_id, target, callback=False)
+    stamp = now()
+    tx.execute(
+        "INSERT INTO callbacks (id, job_id, url, payload, status, next_attempt_at,"
+        " created_at) VALUES (%s, %s, %s, %s, 'pending', %s, %s)"
+        " ON CONFLICT DO NOTHING",
+        (
+            ids.new_callback_id(),
+            job_id,
+            job.callback_url,
+            callback_payload(detail, stamp),
+            stamp,
+            stamp,
+        ),
+    )
+    return JobEnd(job_id, target, callback=True)
+
+
+def _terminal_status(tx: Tx, job: Job) -> JobStatus:
+    if job.cancel_requested_at is not None:
+        return JobStatus.CANCELLED
+    counts = _read_detail(tx, job.id).item_counts
+    if counts[ItemStatus.EXPIRED] or counts[ItemStatus.PENDING]:
+        return JobStatus.EXPIRED
+    return JobStatus.COMPLETED
+
+
+_POLLED_COLUMNS = (
+    "id",
+    "processing_status",
+    "request_counts",
+    "ended_at",
+    "expires_at",
+    "archived_at",
+    "polled_at",
+)
+# SQLite stores any timestamp type name as text, which sorts by time.
+_POLLED_SQL = (
+    "id bigint, processing_status text, request_counts text,"
+    " ended_at timestamptz, expires_at timestamptz, archived_at timestamptz,"
+    " polled_at timestamptz"
+)
+
+
+def _polled(update: PollUpdate, stamp: datetime) -> tuple:
+    return (
+        update.batch_id,
+        update.processing_status,
+        json.dumps(update.request_counts),
+        update.ended_at,
+        update.expires_at,
+        update.archived_at,
+        stamp,
+    )
+
+
+_APPLY_POLLS = """
+UPDATE provider_batches SET
+    processing_status = polled.processing_status,
+    request_counts = polled.request_counts,
+    ended_at = polled.ended_at,
+    expires_at = polled.expires_at,
+    archived_at = polled.archived_at,
+    polled_at = polled.polled_at
+FROM polled
+WHERE provider_batches.id = polled.id
+  AND provider_batches.processing_status <> 'ended'
+"""

@@ -1,0 +1,124 @@
+"""The leader's pipeline end to end, on both stores: a replica, the mock
+provider over HTTP and a real webhook receiver."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+
+from batchwarden import service
+from batchwarden.intake import Request
+from batchwarden.mockprovider import Duration
+from batchwarden.states import ItemStatus, JobStatus
+from tests.harness import Harness, requests, wait_callback, wait_terminal
+
+
+@pytest.fixture
+async def harness(nursery, database_url, store):
+    harness = Harness(nursery, database_url)
+    harness.store = store
+    yield harness
+    nursery.cancel_scope.cancel()
+
+
+async def records(harness: Harness, job_id: str) -> dict[str, dict]:
+    """The mock's outcome of every item of a job, by custom_id."""
+    detail = await harness.store.job_detail(job_id)
+    found = {}
+    for batch in detail.provider_batches:
+        mock_batch = harness.provider.batches[batch.provider_batch_id]
+        for index in range(len(mock_batch)):
+            record = mock_batch.record(index)
+            found[record["custom_id"]] = record
+    return found
+
+
+async def test_a_job_completes_with_every_item_and_one_signed_callback(harness):
+    await harness.start_servers()
+    await harness.start_replica()
+    job, _ = await harness.store.create_job(
+        requests(1000), callback_url=harness.receiver.url, metadata={"team": "a"}
+    )
+    ended = await wait_terminal(harness.store, job.id)
+    assert ended.status is JobStatus.COMPLETED
+    detail = await wait_callback(harness.store, job.id, "delivered")
+    assert detail.item_counts[ItemStatus.SUCCEEDED] == 1000
+    items = [item async for item in harness.store.iter_items(job.id)]
+    truth = await records(harness, job.id)
+    assert len(items) == 1000
+    for item in items:
+        message = json.loads(item.result)["message"]
+        assert (
+            message["usage"]["output_tokens"] == truth[item.custom_id]["output_tokens"]
+        )
+    assert detail.usage.output_tokens == sum(r["output_tokens"] for r in truth.values())
+    [payload] = harness.receiver.verified()
+    assert payload["type"] == "job.completed"
+    assert payload["data"]["id"] == job.id
+    assert payload["data"]["request_counts"]["succeeded"] == 1000
+    assert payload["data"]["metadata"] == {"team": "a"}
+    headers = harness.receiver.received[0][0]
+    assert headers["webhook-id"] == detail.callback.id
+
+
+async def test_a_large_job_is_split_into_provider_batches(harness):
+    await harness.start_servers()
+    await harness.start_replica(batch_max_requests=1000)
+    job, _ = await harness.store.create_job(
+        requests(2500), callback_url=harness.receiver.url
+    )
+    assert (await wait_terminal(harness.store, job.id)).status is JobStatus.COMPLETED
+    detail = await wait_callback(harness.store, job.id, "delivered")
+    assert [b.request_count for b in detail.provider_batches] == [1000, 1000, 500]
+    assert len({b.provider_batch_id for b in detail.provider_batches}) == 3
+    items = [item async for item in harness.store.iter_items(job.id)]
+    assert len({item.custom_id for item in items}) == 2500
+    assert all(item.status is ItemStatus.SUCCEEDED for item in items)
+    assert len(harness.receiver.received) == 1
+
+
+async def test_outcomes_match_the_providers_item_by_item(harness):
+    await harness.start_servers()
+    harness.provider.behaviour.mix = (0.7, 0.2, 0.1)
+    await harness.start_replica()
+    job, _ = await harness.store.create_job(requests(500))
+    ended = await wait_terminal(harness.store, job.id)
+    assert ended.status is JobStatus.EXPIRED  # some items expired
+    truth = await records(harness, job.id)
+    items = [item async for item in harness.store.iter_items(job.id)]
+    assert {i.custom_id: i.status.value for i in items} == {
+        c: r["outcome"] for c, r in truth.items()
+    }
+
+
+async def test_a_rejected_job_fails_with_the_providers_message(harness):
+    await harness.start_servers()
+    await harness.start_replica()
+    bad = requests(2)
+    bad[1] = Request(bad[1].custom_id, json.dumps({"model": "m", "max_tokens": 0}))
+    job, _ = await harness.store.create_job(bad)
+    ended = await wait_terminal(harness.store, job.id)
+    assert ended.status is JobStatus.FAILED
+    assert "invalid_request_error" in ended.error
+    assert "requests.1.params.max_tokens" in ended.error
+
+
+async def test_cancel_of_a_running_job_keeps_the_results_that_arrived(harness):
+    await harness.start_servers()
+    harness.provider.behaviour.processing = Duration("fixed", 3.0)
+    harness.provider.behaviour.cancel_delay_s = 0.2
+    await harness.start_replica()
+    job, _ = await harness.store.create_job(requests(300))
+    with trio.fail_after(10):
+        while (await harness.store.get_job(job.id)).status is not JobStatus.RUNNING:
+            await trio.sleep(0.05)
+    await trio.sleep(1.0)
+    await service.cancel_job(harness.store, job.id)
+    ended = await wait_terminal(harness.store, job.id)
+    assert ended.status is JobStatus.CANCELLED
+    detail = await harness.store.job_detail(job.id)
+    counts = detail.item_counts
+    assert counts[ItemStatus.CANCELED] > 0 and counts[ItemStatus.SUCCEEDED] > 0
+    assert counts[ItemStatus.PENDING] == 0
