@@ -10,7 +10,7 @@ import trio
 
 from batchwarden import service
 from batchwarden.intake import Request
-from batchwarden.mockprovider import Duration
+from batchwarden.mockprovider import Duration, FaultPlan
 from batchwarden.states import ItemStatus, JobStatus
 from tests.harness import Harness, requests, wait_callback, wait_terminal
 
@@ -122,3 +122,80 @@ async def test_cancel_of_a_running_job_keeps_the_results_that_arrived(harness):
     counts = detail.item_counts
     assert counts[ItemStatus.CANCELED] > 0 and counts[ItemStatus.SUCCEEDED] > 0
     assert counts[ItemStatus.PENDING] == 0
+
+
+FAULTS = [
+    ("429", {"*": {"429": 0.3}}),
+    ("500", {"*": {"500": 0.3}}),
+    ("529", {"*": {"529": 0.3}}),
+    ("hang", {"create": {"hang": 0.3}, "retrieve": {"hang": 0.2}}),
+    ("malformed", {"*": {"malformed": 0.3}}),
+    ("truncate", {"results": {"truncate": 0.6}}),
+    ("drop", {"results": {"drop": 0.6}}),
+    ("unknown_ids", {"results": {"unknown_ids": 1.0}}),
+]
+
+
+@pytest.mark.parametrize(("kind", "rates"), FAULTS, ids=[f[0] for f in FAULTS])
+async def test_provider_faults_cost_time_but_lose_nothing(harness, kind, rates):
+    await harness.start_servers()
+    harness.provider.faults.plan = FaultPlan.from_document(
+        {"rates": rates, "retry_after_s": 0.2, "hang_s": 5.0}
+    )
+    await harness.start_replica(provider_timeout=0.5, batch_max_requests=200)
+    job, _ = await harness.store.create_job(
+        requests(600), callback_url=harness.receiver.url
+    )
+    ended = await wait_terminal(harness.store, job.id, timeout=60)
+    assert ended.status is JobStatus.COMPLETED, ended.error
+    await wait_callback(harness.store, job.id, "delivered")
+    items = [item async for item in harness.store.iter_items(job.id)]
+    assert len(items) == len({item.custom_id for item in items}) == 600
+    assert all(item.status is ItemStatus.SUCCEEDED for item in items)
+    injected = harness.provider.faults.counts()
+    assert sum(n for by_kind in injected.values() for n in by_kind.values()) > 0
+    assert all(set(by_kind) == {kind} for by_kind in injected.values())
+
+
+async def test_a_callback_survives_a_receiver_down_then_slow_then_up(harness):
+    await harness.start_servers(receiver=False)
+    await harness.start_replica(callback_timeout=0.3)
+    job, _ = await harness.store.create_job(
+        requests(10), callback_url=harness.receiver.url
+    )
+    await wait_terminal(harness.store, job.id)
+    await wait_attempts(harness, job.id, 2)
+    harness.receiver.mode, harness.receiver.slow_s = "slow", 1.0
+    await harness.start_receiver()
+    await wait_attempts(harness, job.id, 4)
+    harness.receiver.mode = "ok"
+    detail = await wait_callback(harness.store, job.id, "delivered")
+    attempts = await harness.store.callback_attempts(detail.callback.id)
+    assert attempts[0][1] is None and "Connect" in attempts[0][2]
+    assert any("Timeout" in (error or "") for _, _, error in attempts)
+    assert attempts[-1][1] == 200
+    ids = {headers["webhook-id"] for headers, _ in harness.receiver.received}
+    assert ids == {detail.callback.id}
+    assert harness.receiver.verified()[-1]["data"]["id"] == job.id
+
+
+async def wait_attempts(harness: Harness, job_id: str, count: int) -> None:
+    with trio.fail_after(30):
+        while True:
+            detail = await harness.store.job_detail(job_id)
+            if detail.callback is not None and detail.callback.attempts >= count:
+                return
+            await trio.sleep(0.05)
+
+
+async def test_an_exhausted_callback_is_visible_on_the_job(harness):
+    await harness.start_servers()
+    harness.receiver.mode = "error"
+    await harness.start_replica(callback_max_attempts=3)
+    job, _ = await harness.store.create_job(
+        requests(5), callback_url=harness.receiver.url
+    )
+    detail = await wait_callback(harness.store, job.id, "exhausted")
+    assert detail.callback.attempts == 3
+    assert detail.callback.last_error == "HTTP 500"
+    assert len(harness.receiver.received) == 3
