@@ -1,0 +1,123 @@
+"""The leader SIGKILLed in the middle of ingesting results: real processes
+(two replicas, the mock provider) on real PostgreSQL, a real receiver."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import psycopg
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from tests.harness import SECRET
+from tests.replicas import Replica, current_leader, wait_for
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(sys.executable).parent / "batchwarden"
+ITEMS = 20_000
+
+
+class Receiver(BaseHTTPRequestHandler):
+    received: list[tuple[dict, str]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (the http.server hook's name)
+        body = self.rfile.read(int(self.headers["content-length"])).decode()
+        Receiver.received.append((dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver():
+    Receiver.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server.shutdown()
+
+
+@pytest.fixture
+def mock_url():
+    process = subprocess.Popen(
+        [str(SCRIPT), "mock-provider", "--port", "0", "--processing-time", "0.5"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    yield process.stdout.readline().split()[-1]
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def job_state(url: str, job_id: str) -> tuple[str, int]:
+    with psycopg.connect(url) as connection:
+        status = connection.execute(
+            "SELECT status FROM jobs WHERE id = %s", (job_id,)
+        ).fetchone()[0]
+        stored = connection.execute(
+            "SELECT count(*) FROM item_results WHERE job_id = %s", (job_id,)
+        ).fetchone()[0]
+    return status, stored
+
+
+def test_leader_killed_mid_ingestion_loses_and_repeats_nothing(
+    pg_url, mock_url, receiver, tmp_path
+):
+    flags = [
+        "--provider-url", mock_url, "--poll-interval", "0.1",
+        "--results-chunk", "200", "--webhook-secret", SECRET,
+    ]  # fmt: skip
+    os.environ.setdefault("ANTHROPIC_API_KEY", "test-key")
+    replicas = {n: Replica(pg_url, n, *flags, probe=False) for n in ("a", "b")}
+    try:
+        requests = tmp_path / "job.jsonl"
+        with requests.open("w") as out:
+            for i in range(ITEMS):
+                params = {"model": "m", "max_tokens": 16, "messages": [
+                    {"role": "user", "content": f"q{i}"}]}  # fmt: skip
+                out.write(json.dumps({"custom_id": f"q{i:05d}", "params": params}))
+                out.write("\n")
+        env = {**os.environ, "BATCHWARDEN_DATABASE_URL": pg_url}
+        submitted = subprocess.run(
+            [str(SCRIPT), "submit", str(requests), "--callback-url", receiver],
+            capture_output=True, text=True, env=env, check=True,
+        )  # fmt: skip
+        job_id = submitted.stdout.split()[0]
+        wait_for(lambda: job_state(pg_url, job_id)[1] > 0, timeout=60, step=0.002)
+        leader = replicas[current_leader(pg_url)[0]]
+        leader.signal(signal.SIGKILL)
+        status, stored = job_state(pg_url, job_id)
+        assert status == "running" and 0 < stored < ITEMS, "killed too late"
+        wait_for(lambda: job_state(pg_url, job_id)[0] == "completed", timeout=60)
+        with psycopg.connect(pg_url) as connection:
+            rows, distinct, attempts = connection.execute(
+                "SELECT count(*), count(DISTINCT custom_id), max(attempt)"
+                " FROM item_results WHERE job_id = %s",
+                (job_id,),
+            ).fetchone()
+            terms = connection.execute(
+                "SELECT DISTINCT term FROM item_results WHERE job_id = %s", (job_id,)
+            ).fetchall()
+        assert (rows, distinct, attempts) == (ITEMS, ITEMS, 1)
+        assert len(terms) == 2, [(r.name, r.events()) for r in replicas.values()]
+        wait_for(lambda: Receiver.received, timeout=30)
+        checker = Webhook(SECRET)
+        payloads = [
+            checker.verify(body, headers) for headers, body in Receiver.received
+        ]
+        assert {p["data"]["id"] for p in payloads} == {job_id}
+        assert payloads[0]["data"]["request_counts"]["succeeded"] == ITEMS
+        assert len({h["webhook-id"] for h, _ in Receiver.received}) == 1
+    finally:
+        for replica in replicas.values():
+            replica.stop()
