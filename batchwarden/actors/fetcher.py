@@ -2,7 +2,8 @@
 
 Owns: ingesting one batch at a time. Results stream from the provider and
 are written in chunks of `RESULTS_CHUNK` rows, each chunk one fenced,
-idempotent transaction; memory holds one chunk, whatever the batch's size.
+idempotent transaction; reading the next chunk overlaps writing the last, so
+memory holds at most three chunks, whatever the batch's size.
 The last chunk's transaction also marks the batch stored and, when it was
 the job's last batch, ends the job and writes its callback. A stream that
 breaks midway leaves the batch unstored: the poller sends it again on a
@@ -60,21 +61,39 @@ async def ingest(
     batch: ProviderBatch,
     callbacks: trio.MemorySendChannel[CallbackDue],
 ) -> None:
-    chunk_size = context.settings.results_chunk
-    chunk: list[ResultRow] = []
-    async with aclosing(provider.results(batch.provider_batch_id)) as rows:
-        async for row in rows:
-            chunk.append(row)
-            if len(chunk) == chunk_size:
+    """Stream and store at once: one task reads the next chunk while the
+    other writes the last; the channel between them holds one chunk."""
+    send, receive = trio.open_memory_channel[list[ResultRow]](1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_read_chunks, provider, batch, context, send)
+        async with receive:
+            async for chunk in receive:
                 await _store(context, batch, chunk, last=False)
-                chunk = []
-    ended = await _store(context, batch, chunk, last=True)
+    ended = await _store(context, batch, [], last=True)
     if ended is not None and ended.callback:
         # A poke already waiting is enough: the sender will look anyway.
         with suppress(trio.WouldBlock):
             callbacks.send_nowait(CallbackDue())
     if ended is not None:
         log.info("job ended: %s", ended.status.value, extra={"job_id": ended.job_id})
+
+
+async def _read_chunks(
+    provider: AnthropicProvider,
+    batch: ProviderBatch,
+    context: LeaderContext,
+    send: trio.MemorySendChannel[list[ResultRow]],
+) -> None:
+    chunk_size = context.settings.results_chunk
+    chunk: list[ResultRow] = []
+    async with send, aclosing(provider.results(batch.provider_batch_id)) as rows:
+        async for row in rows:
+            chunk.append(row)
+            if len(chunk) == chunk_size:
+                await send.send(chunk)
+                chunk = []
+        if chunk:
+            await send.send(chunk)
 
 
 async def _store(context: LeaderContext, batch: ProviderBatch, chunk, *, last: bool):

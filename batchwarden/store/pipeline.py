@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from batchwarden import ids
@@ -394,9 +394,9 @@ def _end_job_if_done(tx: Tx, job_id: str) -> JobEnd | None:
     job = _read_job(tx, job_id)
     if waiting or job.status is not JobStatus.RUNNING:
         return None
-    target = _terminal_status(tx, job)
-    _move(tx, job_id, target, (JobStatus.RUNNING,))
-    detail = _read_detail(tx, job_id)
+    before = _read_detail(tx, job_id)
+    target = _terminal_status(job, before.item_counts)
+    detail = replace(before, job=_move(tx, job_id, target, (JobStatus.RUNNING,)))
     if job.callback_url is None:
         return JobEnd(job_id, target, callback=False)
     stamp = now()
@@ -416,10 +416,9 @@ def _end_job_if_done(tx: Tx, job_id: str) -> JobEnd | None:
     return JobEnd(job_id, target, callback=True)
 
 
-def _terminal_status(tx: Tx, job: Job) -> JobStatus:
+def _terminal_status(job: Job, counts: dict[ItemStatus, int]) -> JobStatus:
     if job.cancel_requested_at is not None:
         return JobStatus.CANCELLED
-    counts = _read_detail(tx, job.id).item_counts
     if counts[ItemStatus.EXPIRED] or counts[ItemStatus.PENDING]:
         return JobStatus.EXPIRED
     return JobStatus.COMPLETED
