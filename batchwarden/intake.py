@@ -107,14 +107,14 @@ def validate_requests(values: Iterable[tuple[str, object]]) -> list[Request]:
         if found:
             problems.extend(f"{label}: {p}" for p in found)
             continue
-        custom_id = value["custom_id"]  # type: ignore[index]
+        custom_id = value["custom_id"]
         if custom_id in first_seen:
             problems.append(
                 f"{label}: custom_id {custom_id!r} repeats {first_seen[custom_id]}"
             )
             continue
         first_seen[custom_id] = label
-        params = json.dumps(value["params"], separators=(",", ":"))  # type: ignore[index]
+        params = json.dumps(value["params"], separators=(",", ":"))
         requests.append(Request(custom_id, params))
     problems.extend(_count_problems(len(requests) + len(problems)))
     if problems:

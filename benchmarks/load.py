@@ -41,7 +41,7 @@ from batchwarden.config import Secret, Settings  # noqa: E402
 from batchwarden.mockprovider.http import serve  # noqa: E402
 from batchwarden.providers.anthropic import AnthropicProvider  # noqa: E402
 from batchwarden.store import open_store  # noqa: E402
-from batchwarden.store.base import INCOMING_COLUMNS, _incoming  # noqa: E402
+from batchwarden.store.queries import INCOMING_COLUMNS, incoming_row  # noqa: E402
 from batchwarden.supervisor import run as supervisor  # noqa: E402
 from batchwarden.supervisor.leadership import LeaderContext  # noqa: E402
 from batchwarden.telemetry.metrics import Metrics  # noqa: E402
@@ -168,7 +168,7 @@ async def ingest_phase(url: str, mock_url: str, count: int):
         rows = []
         async with aclosing(adapter.results(batch.provider_batch_id)) as results:
             async for row in results:
-                rows.append(_incoming(row))
+                rows.append(incoming_row(row))
     return seconds, memory, await trio.to_thread.run_sync(copy_floor, url, rows)
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from batchwarden.intake import Request  # noqa: E402
 from batchwarden.states import ItemStatus, JobStatus  # noqa: E402
 from batchwarden.store import open_store  # noqa: E402
-from batchwarden.store.base import INCOMING_COLUMNS, _incoming  # noqa: E402
+from batchwarden.store.queries import INCOMING_COLUMNS, incoming_row  # noqa: E402
 from batchwarden.store.records import ResultRow, Usage  # noqa: E402
 from benchmarks.common import ScratchDatabase, add_postgres_url, machine  # noqa: E402
 
@@ -87,7 +87,7 @@ async def ingest(url: str, rows: list[ResultRow], chunk: int) -> float:
 
 
 def pg_floor(url: str, rows: list[ResultRow]) -> float:
-    tuples = [_incoming(r) for r in rows]
+    tuples = [incoming_row(r) for r in rows]
     with psycopg.connect(url) as connection:
         connection.execute(FLOOR_TABLE)
         connection.commit()
@@ -102,7 +102,7 @@ def pg_floor(url: str, rows: list[ResultRow]) -> float:
 
 
 def sqlite_floor(path: str, rows: list[ResultRow]) -> float:
-    tuples = [_incoming(r) for r in rows]
+    tuples = [incoming_row(r) for r in rows]
     connection = sqlite3.connect(path, isolation_level=None)
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("PRAGMA synchronous = NORMAL")

@@ -30,8 +30,8 @@ from batchwarden.providers.anthropic import (
     BatchState,
     ProviderUnavailable,
 )
-from batchwarden.store.base import now
 from batchwarden.store.pipeline import PollUpdate
+from batchwarden.store.queries import now
 from batchwarden.store.records import ProviderBatch
 from batchwarden.supervisor.leadership import LeaderContext
 

@@ -16,20 +16,20 @@ from datetime import datetime, timedelta
 from batchwarden import ids
 from batchwarden.documents import callback_payload
 from batchwarden.states import ItemStatus, JobStatus
-from batchwarden.store.base import (
+from batchwarden.store.base import SqlStore
+from batchwarden.store.queries import (
     BATCH_COLUMNS,
     JOB_COLUMNS,
-    SqlStore,
-    Tx,
-    _batch,
-    _job,
-    _move,
-    _read_detail,
-    _read_job,
     append_results,
+    batch_from_row,
+    job_from_row,
+    move_job,
     now,
+    read_detail,
+    read_job,
 )
 from batchwarden.store.records import Job, ProviderBatch, ResultRow, WriteOutcome
+from batchwarden.store.tx import Tx
 
 _SUBMITTED = (JobStatus.PENDING.value, JobStatus.RUNNING.value)
 
@@ -85,7 +85,7 @@ class PipelineStore(SqlStore):
                     JobStatus.RUNNING.value,
                 ),
             )
-            return _job(row) if row else _read_job(tx, job_id)
+            return job_from_row(row) if row else read_job(tx, job_id)
 
         return await self._run(request, write=True)
 
@@ -102,7 +102,7 @@ class PipelineStore(SqlStore):
                 f" ORDER BY id LIMIT %s) RETURNING {JOB_COLUMNS}",
                 (JobStatus.PENDING.value, term, stamp, JobStatus.CREATED.value, limit),
             )
-            return sorted((_job(row) for row in rows), key=lambda job: job.id)
+            return sorted((job_from_row(row) for row in rows), key=lambda job: job.id)
 
         return await self._fenced(term, claim)
 
@@ -126,7 +126,7 @@ class PipelineStore(SqlStore):
             " WHERE job_id = %s AND attempt = 1 ORDER BY first_position"
         )
         rows = await self._run(lambda tx: tx.all(sql, (job_id,)), write=False)
-        return [_batch(row) for row in rows]
+        return [batch_from_row(row) for row in rows]
 
     async def item_sizes(self, job_id: str) -> list[int]:
         """The byte size of each item's params, in submission order."""
@@ -160,7 +160,7 @@ class PipelineStore(SqlStore):
                 f" VALUES (%s, 1, 'creating', %s, %s, %s) RETURNING {BATCH_COLUMNS}",
                 (job_id, count, first, now()),
             )
-            return _batch(row)
+            return batch_from_row(row)
 
         return await self._fenced(term, add)
 
@@ -189,14 +189,14 @@ class PipelineStore(SqlStore):
                 ),
             )
             if last:
-                _move(tx, job_id, JobStatus.RUNNING, (JobStatus.PENDING,))
+                move_job(tx, job_id, JobStatus.RUNNING, (JobStatus.PENDING,))
 
         await self._fenced(term, record)
 
     async def fail_job(self, job_id: str, error: str, *, term: int) -> Job:
         def fail(tx: Tx) -> Job:
             sources = (JobStatus.PENDING, JobStatus.RUNNING)
-            return _move(tx, job_id, JobStatus.FAILED, sources, error=error)
+            return move_job(tx, job_id, JobStatus.FAILED, sources, error=error)
 
         return await self._fenced(term, fail)
 
@@ -204,7 +204,7 @@ class PipelineStore(SqlStore):
         """A pending job whose cancel was asked before it reached the provider."""
 
         def cancel(tx: Tx) -> Job:
-            return _move(tx, job_id, JobStatus.CANCELLED, (JobStatus.PENDING,))
+            return move_job(tx, job_id, JobStatus.CANCELLED, (JobStatus.PENDING,))
 
         return await self._fenced(term, cancel)
 
@@ -220,7 +220,7 @@ class PipelineStore(SqlStore):
             " ORDER BY polled_at IS NOT NULL, polled_at, id LIMIT %s"
         )
         rows = await self._run(lambda tx: tx.all(sql, (limit,)), write=False)
-        return [_batch(row) for row in rows]
+        return [batch_from_row(row) for row in rows]
 
     async def unfetched_batches(self) -> list[ProviderBatch]:
         """Ended batches whose results are not stored yet, oldest first."""
@@ -230,7 +230,7 @@ class PipelineStore(SqlStore):
             " ORDER BY ended_at, id"
         )
         rows = await self._run(lambda tx: tx.all(sql), write=False)
-        return [_batch(row) for row in rows]
+        return [batch_from_row(row) for row in rows]
 
     async def cancel_requests(self) -> list[ProviderBatch]:
         """Open batches of running jobs whose cancel was asked."""
@@ -241,7 +241,7 @@ class PipelineStore(SqlStore):
             " AND b.processing_status = 'in_progress'"
         )
         rows = await self._run(lambda tx: tx.all(sql), write=False)
-        return [_batch(row) for row in rows]
+        return [batch_from_row(row) for row in rows]
 
     async def record_polls(self, updates: Sequence[PollUpdate], *, term: int) -> None:
         """Every status change of a poll cycle, in one set-based statement."""
@@ -269,7 +269,7 @@ class PipelineStore(SqlStore):
             )
             sources = (JobStatus.PENDING, JobStatus.RUNNING)
             error = "the provider no longer knows one of the job's batches"
-            _move(tx, job_id, JobStatus.FAILED, sources, error=error)
+            move_job(tx, job_id, JobStatus.FAILED, sources, error=error)
 
         await self._fenced(term, vanish)
 
@@ -391,12 +391,12 @@ def _end_job_if_done(tx: Tx, job_id: str) -> JobEnd | None:
         " AND results_stored_at IS NULL AND processing_status <> 'vanished'",
         (job_id,),
     )[0]
-    job = _read_job(tx, job_id)
+    job = read_job(tx, job_id)
     if waiting or job.status is not JobStatus.RUNNING:
         return None
-    before = _read_detail(tx, job_id)
+    before = read_detail(tx, job_id)
     target = _terminal_status(job, before.item_counts)
-    detail = replace(before, job=_move(tx, job_id, target, (JobStatus.RUNNING,)))
+    detail = replace(before, job=move_job(tx, job_id, target, (JobStatus.RUNNING,)))
     if job.callback_url is None:
         return JobEnd(job_id, target, callback=False)
     stamp = now()

@@ -25,8 +25,8 @@ import trio
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from batchwarden.errors import StoreUnavailable
-from batchwarden.store.base import Tx
 from batchwarden.store.pipeline import PipelineStore
+from batchwarden.store.tx import Tx
 
 log = logging.getLogger(__name__)
 

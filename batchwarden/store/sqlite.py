@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 import trio
 
 from batchwarden.errors import StoreUnavailable
-from batchwarden.store.base import Tx
 from batchwarden.store.pipeline import PipelineStore
+from batchwarden.store.tx import Tx
 
 T = TypeVar("T")
 
