@@ -155,6 +155,7 @@ async def test_provider_faults_cost_time_but_lose_nothing(harness, kind, rates):
     injected = harness.provider.faults.counts()
     assert sum(n for by_kind in injected.values() for n in by_kind.values()) > 0
     assert all(set(by_kind) == {kind} for by_kind in injected.values())
+    assert (await harness.store.leader()).term == 1, "a fault cost leadership"
 
 
 async def test_a_callback_survives_a_receiver_down_then_slow_then_up(harness):
@@ -176,6 +177,7 @@ async def test_a_callback_survives_a_receiver_down_then_slow_then_up(harness):
     assert attempts[-1][1] == 200
     ids = {headers["webhook-id"] for headers, _ in harness.receiver.received}
     assert ids == {detail.callback.id}
+    assert (await harness.store.leader()).term == 1, "a fault cost leadership"
     assert harness.receiver.verified()[-1]["data"]["id"] == job.id
 
 

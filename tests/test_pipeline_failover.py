@@ -109,6 +109,8 @@ def test_leader_killed_mid_ingestion_loses_and_repeats_nothing(
                 "SELECT DISTINCT term FROM item_results WHERE job_id = %s", (job_id,)
             ).fetchall()
         assert (rows, distinct, attempts) == (ITEMS, ITEMS, 1)
+        failures = [m for r in replicas.values() for m in r.messages()]
+        assert not [m for m in failures if m.startswith("a worker failed")]
         assert len(terms) == 2, [(r.name, r.events()) for r in replicas.values()]
         wait_for(lambda: Receiver.received, timeout=30)
         checker = Webhook(SECRET)

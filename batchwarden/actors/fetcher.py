@@ -40,19 +40,20 @@ async def fetcher(
 ) -> None:
     async for message in batches:
         batch = message.batch
+        extra = {"job_id": batch.job_id, "batch_id": batch.provider_batch_id}
+        gone = False
         try:
             await ingest(context, provider, batch, callbacks)
-        except ProviderUnavailable as exc:
-            log.warning(
-                "results stream broke; will fetch again: %s",
-                exc,
-                extra={"job_id": batch.job_id, "batch_id": batch.provider_batch_id},
-            )
-        except BatchNotFound as exc:
-            log.error("results are gone: %s", exc, extra={"job_id": batch.job_id})
-            await context.store.vanish(batch.id, batch.job_id, term=context.term)
+        except* ProviderUnavailable as group:
+            error = group.exceptions[0]
+            log.warning("results stream broke, to fetch again: %s", error, extra=extra)
+        except* BatchNotFound as group:
+            log.error("results are gone: %s", group.exceptions[0], extra=extra)
+            gone = True
         finally:
             queue.done(batch.id)
+        if gone:
+            await context.store.vanish(batch.id, batch.job_id, term=context.term)
 
 
 async def ingest(
