@@ -101,16 +101,32 @@ class Harness:
         }
         return Settings(**{**values, **overrides})
 
-    async def start_replica(self, **overrides) -> trio.CancelScope:
-        scope = trio.CancelScope()
+    async def start_replica(self, **overrides) -> ReplicaTask:
+        task = ReplicaTask(trio.CancelScope(), trio.Event())
         settings = self.settings(**overrides)
 
         async def replica() -> None:
-            with scope:
-                await supervisor.run(settings)
+            try:
+                with task.scope:
+                    await supervisor.run(settings)
+            finally:
+                task.stopped.set()
 
         self.nursery.start_soon(replica)
-        return scope
+        return task
+
+
+@dataclass
+class ReplicaTask:
+    """A replica run in the test's nursery: cancel `scope` to stop it;
+    `stopped` is set once it has shut down (and released its lock)."""
+
+    scope: trio.CancelScope
+    stopped: trio.Event
+
+    async def stop(self) -> None:
+        self.scope.cancel()
+        await self.stopped.wait()
 
 
 async def wait_terminal(store, job_id: str, timeout: float = 30.0):

@@ -4,6 +4,7 @@ provider over HTTP and a real webhook receiver."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 import trio
@@ -12,6 +13,7 @@ from batchwarden import service
 from batchwarden.intake import Request
 from batchwarden.mockprovider import Duration, FaultPlan
 from batchwarden.states import ItemStatus, JobStatus
+from batchwarden.store.queries import now
 from tests.harness import Harness, requests, wait_callback, wait_terminal
 
 
@@ -201,3 +203,42 @@ async def test_an_exhausted_callback_is_visible_on_the_job(harness):
     assert detail.callback.attempts == 3
     assert detail.callback.last_error == "HTTP 500"
     assert len(harness.receiver.received) == 3
+
+
+async def test_a_job_left_pending_by_a_dead_leader_is_resumed(harness):
+    await harness.start_servers()
+    dead_term = await harness.store.bump_term("dead-leader")
+    job, _ = await harness.store.create_job(requests(20))
+    [claimed] = await harness.store.claim_jobs(term=dead_term, limit=1)
+    assert claimed.status is JobStatus.PENDING
+    await harness.start_replica()
+    ended = await wait_terminal(harness.store, job.id)
+    assert ended.status is JobStatus.COMPLETED
+    assert (await harness.store.job_detail(job.id)).item_counts[
+        ItemStatus.SUCCEEDED
+    ] == 20
+
+
+async def test_a_callback_leased_by_a_dead_leader_is_sent_again(harness):
+    """A leader died while delivering: its lease (an hour ahead) must not
+    hold the callback back once a new term begins."""
+    await harness.start_servers(receiver=False)
+    first = await harness.start_replica()
+    job, _ = await harness.store.create_job(
+        requests(3), callback_url=harness.receiver.url
+    )
+    await wait_attempts(harness, job.id, 1)
+    await first.stop()
+    dead_term = (await harness.store.leader()).term
+    await harness.store._run(
+        lambda tx: tx.execute(
+            "UPDATE callbacks SET lease_term = %s, next_attempt_at = %s",
+            (dead_term, now() + timedelta(hours=1)),
+        ),
+        write=True,
+    )
+    await harness.start_receiver()
+    await harness.start_replica(instance_id="next-leader")
+    detail = await wait_callback(harness.store, job.id, "delivered")
+    assert (await harness.store.leader()).term == dead_term + 1
+    assert harness.receiver.received[-1][0]["webhook-id"] == detail.callback.id
