@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from batchwarden import __version__, logs, service
+from batchwarden import __version__, demo, logs, service
 from batchwarden.config import PARSERS, Settings, flag_name, load_settings
 from batchwarden.errors import (
     BatchwardenError,
@@ -206,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = verb("cancel", cmd_cancel, "cancel a job")
     cancel.add_argument("job_id", metavar="JOB_ID")
     verb("leader", cmd_leader, "show the current leader")
+    demo = verbs.add_parser(
+        "demo",
+        help="one command, no setup: SQLite, the mock provider, a sample job",
+        description="Run the whole system on a sample job, in one process.",
+    )
+    demo.add_argument("--items", type=int, default=300, help="requests in the job")
     run = verbs.add_parser(
         "run",
         help="the long-running process (every replica)",
@@ -243,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         return mockprovider_cli.run(args)
     if args.verb == "run":
         return _run_replica(args)
+    if args.verb == "demo":
+        return demo.main(args.items)
     try:
         settings = load_settings(flags={"database_url": args.database_url})
         logs.configure("warning", settings.log_format)

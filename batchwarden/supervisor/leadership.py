@@ -72,7 +72,9 @@ class Leadership:
         self.leading = False
         self.metrics.leader.set(0)
         self.metrics.leadership_transitions.labels(reason).inc()
-        log.warning(
+        level = logging.INFO if reason == "shutdown" else logging.WARNING
+        log.log(
+            level,
             "stepped down: %s",
             reason,
             extra={"instance": self.instance_id, "term": self.term},

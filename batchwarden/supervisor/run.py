@@ -56,14 +56,18 @@ def session_factory(settings: Settings, store: SqlStore, timing: LockTiming):
     return lambda: PgLockSession(settings.database_url, settings.instance_id, timing)
 
 
-async def run(settings: Settings, actors: Sequence[LeaderActor] = ()) -> None:
+async def run(
+    settings: Settings, actors: Sequence[LeaderActor] = (), *, announce: bool = True
+) -> None:
+    """Serve until SIGTERM or SIGINT. With `announce`, print the HTTP address
+    on stderr once listening (scripts and tests wait for that line)."""
     timing = LockTiming.from_settings(settings)
     timing.check()
     store = connect(settings.database_url, instance_id=settings.instance_id)
     await store.open()
     try:
         await store.migrate()
-        await _supervise(settings, store, timing, actors)
+        await _supervise(settings, store, timing, actors, announce)
     finally:
         with trio.CancelScope(shield=True):
             await store.close()
@@ -74,6 +78,7 @@ async def _supervise(
     store: SqlStore,
     timing: LockTiming,
     actors: Sequence[LeaderActor],
+    announce: bool,
 ) -> None:
     metrics = Metrics()
     leadership = Leadership(settings.instance_id, metrics)
@@ -98,7 +103,10 @@ async def _supervise(
             log.info(
                 "serving on %s", binds[0], extra={"instance": settings.instance_id}
             )
-            print(f"batchwarden listening on {binds[0]}", file=sys.stderr, flush=True)
+            if announce:
+                print(
+                    f"batchwarden listening on {binds[0]}", file=sys.stderr, flush=True
+                )
             async for signum in signals:
                 log.info("received %s: shutting down", signal.Signals(signum).name)
                 stopping.set()

@@ -1,0 +1,163 @@
+"""`batchwarden demo`: the whole system on one machine, with nothing set up.
+
+In one process and one trio nursery: the mock provider, a webhook receiver
+that checks signatures, and a replica (`run`) on a SQLite file in a new
+temporary directory. The demo submits a job of a few hundred requests,
+shows its progress until it ends, shows the callback the receiver got, and
+writes the results beside the database.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import trio
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from batchwarden import logs, service
+from batchwarden.config import Secret, Settings
+from batchwarden.documents import item_line
+from batchwarden.intake import Request
+from batchwarden.mockprovider import Behaviour, Duration, MockProvider, serve_mock
+from batchwarden.mockprovider.http import Request as HttpRequest
+from batchwarden.mockprovider.http import Response, serve
+from batchwarden.states import ItemStatus
+from batchwarden.store import SqlStore, open_store
+from batchwarden.supervisor import run as supervisor
+
+TOPICS = ("tides", "photosynthesis", "binary heaps", "the Doppler effect", "TCP")
+
+
+class DemoReceiver:
+    """Records callbacks and whether their signatures verify."""
+
+    def __init__(self, secret: str) -> None:
+        self.checker = Webhook(secret)
+        self.received: list[tuple[str, bool, dict]] = []
+        self.arrived = trio.Event()
+
+    async def handle(self, request: HttpRequest) -> Response:
+        body = request.body.decode()
+        try:
+            payload, valid = self.checker.verify(body, request.headers), True
+        except WebhookVerificationError:
+            payload, valid = json.loads(body), False
+        self.received.append((request.headers.get("webhook-id", ""), valid, payload))
+        self.arrived.set()
+        return Response(204)
+
+
+def sample_requests(count: int) -> list[Request]:
+    requests = []
+    for number in range(count):
+        topic = TOPICS[number % len(TOPICS)]
+        params = {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 200,
+            "messages": [{"role": "user", "content": f"Explain {topic} ({number})."}],
+        }
+        requests.append(Request(f"demo-{number:04d}", json.dumps(params)))
+    return requests
+
+
+def main(items: int = 300) -> int:
+    logs.configure("error")
+    folder = Path(tempfile.mkdtemp(prefix="batchwarden-demo-"))
+    return trio.run(_demo, folder, items)
+
+
+async def _demo(folder: Path, items: int) -> int:
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    provider = MockProvider(
+        behaviour=Behaviour(
+            processing=Duration("uniform", 2.0, 4.0), mix=(0.97, 0.03, 0.0)
+        ),
+        seed=7,
+    )
+    receiver = DemoReceiver(secret)
+    database = f"sqlite:///{folder / 'batchwarden.db'}"
+    say(f"batchwarden demo in {folder}")
+    async with trio.open_nursery() as nursery:
+        provider_port = await nursery.start(serve_mock, provider)
+        receiver_port = await nursery.start(serve, receiver.handle, "127.0.0.1", 0)
+        settings = Settings(
+            database_url=database,
+            port=0,
+            provider_url=f"http://127.0.0.1:{provider_port}",
+            anthropic_api_key=Secret("demo-key"),
+            webhook_secret=Secret(secret),
+            poll_interval=0.5,
+            instance_id="demo",
+            batch_max_requests=50,
+        )
+        nursery.start_soon(partial(supervisor.run, settings, announce=False))
+        async with open_store(database, instance_id="demo-client") as store:
+            code = await _follow(store, receiver, receiver_port, folder, items)
+        nursery.cancel_scope.cancel()
+    return code
+
+
+async def _follow(
+    store: SqlStore,
+    receiver: DemoReceiver,
+    receiver_port: int,
+    folder: Path,
+    items: int,
+) -> int:
+    url = f"http://127.0.0.1:{receiver_port}/callback"
+    job, _ = await service.create_job(
+        store, sample_requests(items), callback_url=url, metadata={"demo": True}
+    )
+    say(f"submitted {job.id}: {items} requests, callback to {url}")
+    with trio.fail_after(50):
+        detail = await _show_progress(store, job.id, items)
+        await receiver.arrived.wait()
+    webhook_id, valid, payload = receiver.received[0]
+    say(
+        f"callback received: {payload['type']}, webhook-id {webhook_id},"
+        f" signature {'valid' if valid else 'INVALID'}"
+    )
+    usage = detail.usage
+    say(f"tokens: {usage.input_tokens} in, {usage.output_tokens} out")
+    results = folder / "results.jsonl"
+    with results.open("w") as out:
+        async for item in store.iter_items(job.id):
+            out.write(item_line(item.custom_id, item.status.value, item.result) + "\n")
+    say(f"results: {results}")
+    return 0 if valid and detail.job.status.terminal else 1
+
+
+async def _show_progress(store: SqlStore, job_id: str, total: int):
+    """A bar redrawn in place on a terminal; a line per change otherwise."""
+    shown = ""
+    while True:
+        detail = await store.job_detail(job_id)
+        done = total - detail.item_counts[ItemStatus.PENDING]
+        bar = "#" * (30 * done // total)
+        line = f"[{bar:<30}] {done:>4}/{total} items  {detail.job.status.value:<9}"
+        if sys.stdout.isatty():
+            sys.stdout.write("\r" + line)
+        elif line != shown:
+            sys.stdout.write(line + "\n")
+        shown = line
+        sys.stdout.flush()
+        if detail.job.status.terminal:
+            if sys.stdout.isatty():
+                sys.stdout.write("\n")
+            counts = ", ".join(
+                f"{n} {s.value}" for s, n in detail.item_counts.items() if n
+            )
+            say(f"job {detail.job.status.value}: {counts}")
+            return detail
+        await trio.sleep(0.25)
+
+
+def say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
