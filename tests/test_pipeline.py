@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from batchwarden import service
+from batchwarden.actors import poller
 from batchwarden.intake import Request
 from batchwarden.mockprovider import Duration, FaultPlan
 from batchwarden.states import ItemStatus, JobStatus
@@ -242,3 +243,20 @@ async def test_a_callback_leased_by_a_dead_leader_is_sent_again(harness):
     detail = await wait_callback(harness.store, job.id, "delivered")
     assert (await harness.store.leader()).term == dead_term + 1
     assert harness.receiver.received[-1][0]["webhook-id"] == detail.callback.id
+
+
+async def test_a_batch_the_provider_lost_fails_its_job_with_a_reason(
+    harness, monkeypatch
+):
+    monkeypatch.setattr(poller, "PROPAGATION_S", 0.0)
+    await harness.start_servers()
+    harness.provider.behaviour.processing = Duration("fixed", 30.0)
+    await harness.start_replica()
+    job, _ = await harness.store.create_job(requests(5))
+    with trio.fail_after(10):
+        while (await harness.store.get_job(job.id)).status is not JobStatus.RUNNING:
+            await trio.sleep(0.05)
+    harness.provider.batches.clear()
+    ended = await wait_terminal(harness.store, job.id)
+    assert ended.status is JobStatus.FAILED
+    assert ended.error == "the provider no longer knows one of the job's batches"
