@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from batchwarden import __version__, demo, logs, service
+from batchwarden import __version__, logs, service
 from batchwarden.config import PARSERS, Settings, flag_name, load_settings
 from batchwarden.errors import (
     BatchwardenError,
@@ -36,7 +36,6 @@ from batchwarden.intake import parse_jsonl
 from batchwarden.mockprovider import cli as mockprovider_cli
 from batchwarden.states import JobStatus
 from batchwarden.store import SqlStore, open_store
-from batchwarden.supervisor import run as supervisor
 
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (InvalidRequests, 2),
@@ -250,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "run":
         return _run_replica(args)
     if args.verb == "demo":
+        # Imported here: the verbs that only read the database start in a
+        # fraction of the time without the SDK, FastAPI and hypercorn.
+        from batchwarden import demo
+
         return demo.main(args.items)
     try:
         settings = load_settings(flags={"database_url": args.database_url})
@@ -267,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_replica(args: argparse.Namespace) -> int:
+    from batchwarden.supervisor import run as supervisor
+
     try:
         settings = load_settings(flags={name: getattr(args, name) for name in PARSERS})
         logs.configure(settings.log_level, settings.log_format)

@@ -32,7 +32,6 @@ from batchwarden.providers.anthropic import (
     ProviderRejected,
     ProviderUnavailable,
 )
-from batchwarden.store.pipeline import PollUpdate
 from batchwarden.store.records import Job
 from batchwarden.supervisor.leadership import LeaderContext
 
@@ -121,21 +120,25 @@ async def submit(context: LeaderContext, provider: AnthropicProvider, job: Job) 
         if part is not None and part.provider_batch_id is not None:
             continue
         if part is None:
-            part = await store.add_part(job.id, first=first, count=count, term=term)
+            part = await store.add_provider_batch(
+                job.id,
+                attempt=1,
+                request_count=count,
+                first_position=first,
+                processing_status="creating",
+                term=term,
+            )
         items = await store.items_range(job.id, first, count)
         requests = [{"custom_id": c, "params": json.loads(p)} for c, p in items]
         state = await provider.create(requests)
-        update = PollUpdate(
-            part.id,
-            state.processing_status,
-            state.request_counts,
-            None,
-            state.expires_at,
-            None,
-        )
-        last = index == len(parts) - 1
         await store.record_created(
-            part.id, state.id, update, job_id=job.id, last=last, term=term
+            part.id,
+            state.id,
+            processing_status=state.processing_status,
+            expires_at=state.expires_at,
+            job_id=job.id,
+            last=index == len(parts) - 1,
+            term=term,
         )
         log.info(
             "created provider batch %s (%d items)",

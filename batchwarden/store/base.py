@@ -218,18 +218,24 @@ class SqlStore:
         request_count: int,
         term: int,
         provider_batch_id: str | None = None,
+        first_position: int | None = None,
+        processing_status: str = "in_progress",
     ) -> ProviderBatch:
+        """Record a provider batch of a job; the submitter records a part as
+        `creating` (no provider id yet) before creating it at the provider."""
+
         def add(tx: Tx) -> ProviderBatch:
             row = tx.one(
                 "INSERT INTO provider_batches (job_id, attempt, provider_batch_id,"
-                " processing_status, request_count, created_at)"
-                f" VALUES (%s, %s, %s, %s, %s, %s) RETURNING {BATCH_COLUMNS}",
+                " processing_status, request_count, first_position, created_at)"
+                f" VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {BATCH_COLUMNS}",
                 (
                     job_id,
                     attempt,
                     provider_batch_id,
-                    "in_progress",
+                    processing_status,
                     request_count,
+                    first_position,
                     now(),
                 ),
             )

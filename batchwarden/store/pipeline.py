@@ -148,28 +148,13 @@ class PipelineStore(SqlStore):
         params = (job_id, first, first + count)
         return await self._run(lambda tx: tx.all(sql, params), write=False)
 
-    async def add_part(
-        self, job_id: str, *, first: int, count: int, term: int
-    ) -> ProviderBatch:
-        """Record a part of a job about to be created at the provider."""
-
-        def add(tx: Tx) -> ProviderBatch:
-            row = tx.one(
-                "INSERT INTO provider_batches (job_id, attempt, processing_status,"
-                " request_count, first_position, created_at)"
-                f" VALUES (%s, 1, 'creating', %s, %s, %s) RETURNING {BATCH_COLUMNS}",
-                (job_id, count, first, now()),
-            )
-            return batch_from_row(row)
-
-        return await self._fenced(term, add)
-
     async def record_created(
         self,
         batch_id: int,
         provider_batch_id: str,
-        update: PollUpdate,
         *,
+        processing_status: str,
+        expires_at: datetime | None,
         job_id: str,
         last: bool,
         term: int,
@@ -181,12 +166,7 @@ class PipelineStore(SqlStore):
             tx.execute(
                 "UPDATE provider_batches SET provider_batch_id = %s,"
                 " processing_status = %s, expires_at = %s WHERE id = %s",
-                (
-                    provider_batch_id,
-                    update.processing_status,
-                    update.expires_at,
-                    batch_id,
-                ),
+                (provider_batch_id, processing_status, expires_at, batch_id),
             )
             if last:
                 move_job(tx, job_id, JobStatus.RUNNING, (JobStatus.PENDING,))
