@@ -6,7 +6,9 @@ stdout; errors go to stderr, one line per problem, with an exit code that
 says what kind of problem it was:
 
     2  bad input or settings      3  unknown job
-    4  conflict (illegal move)    5  database unavailable    1  anything else
+    4  conflict (illegal move)    5  database unavailable
+    6  `submit --wait`: the job ended, but not `completed`
+    1  anything else
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import trio
 
 from batchwarden import __version__, logs, service
+from batchwarden.callback_urls import CallbackPolicy
 from batchwarden.config import PARSERS, Settings, flag_name, load_settings
 from batchwarden.errors import (
     BatchwardenError,
@@ -34,6 +37,7 @@ from batchwarden.errors import (
 )
 from batchwarden.intake import parse_jsonl
 from batchwarden.mockprovider import cli as mockprovider_cli
+from batchwarden.progress import follow, outcome_line
 from batchwarden.states import JobStatus
 from batchwarden.store import SqlStore, open_store
 
@@ -46,7 +50,9 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (RetryLater, 5),
 )
 
-Verb = Callable[[argparse.Namespace, SqlStore], Awaitable[None]]
+EXIT_NOT_COMPLETED = 6
+
+Verb = Callable[[argparse.Namespace, SqlStore, Settings], Awaitable[int | None]]
 
 
 def out(text: str) -> None:
@@ -57,7 +63,9 @@ def out_json(document: Any) -> None:
     out(json.dumps(document, indent=2))
 
 
-async def cmd_migrate(args: argparse.Namespace, store: SqlStore) -> None:
+async def cmd_migrate(
+    args: argparse.Namespace, store: SqlStore, settings: Settings
+) -> None:
     applied = await store.migrate()
     if args.json:
         out_json({"applied": applied})
@@ -67,16 +75,30 @@ async def cmd_migrate(args: argparse.Namespace, store: SqlStore) -> None:
         out("schema is up to date")
 
 
-async def cmd_submit(args: argparse.Namespace, store: SqlStore) -> None:
+async def cmd_submit(
+    args: argparse.Namespace, store: SqlStore, settings: Settings
+) -> int:
     requests = _read_requests(args.file)
     metadata = _parse_metadata(args.metadata)
     job, _ = await service.create_job(
-        store, requests, callback_url=args.callback_url, metadata=metadata
+        store,
+        requests,
+        callback_url=args.callback_url,
+        metadata=metadata,
+        policy=CallbackPolicy(settings.callback_allowlist),
     )
-    if args.json:
-        out_json(service.job_document(await store.job_detail(job.id)))
-    else:
+    if not args.json:
         out(f"{job.id} created with {job.item_count} items")
+    if not args.wait:
+        if args.json:
+            out_json(service.job_document(await store.job_detail(job.id)))
+        return 0
+    detail = await follow(store, job.id, sys.stderr)
+    if args.json:
+        out_json(service.job_document(detail))
+    else:
+        out(outcome_line(detail))
+    return 0 if detail.job.status is JobStatus.COMPLETED else EXIT_NOT_COMPLETED
 
 
 def _read_requests(path: str) -> list:
@@ -103,7 +125,9 @@ def _parse_metadata(text: str | None) -> dict | None:
     return value
 
 
-async def cmd_jobs(args: argparse.Namespace, store: SqlStore) -> None:
+async def cmd_jobs(
+    args: argparse.Namespace, store: SqlStore, settings: Settings
+) -> None:
     status = JobStatus(args.status) if args.status else None
     jobs = await store.list_jobs(status=status, before=args.before, limit=args.limit)
     summaries = [service.job_summary(job) for job in jobs]
@@ -119,7 +143,9 @@ def _cursor(jobs: list, limit: int) -> str | None:
     return jobs[-1].id if len(jobs) == limit else None
 
 
-async def cmd_status(args: argparse.Namespace, store: SqlStore) -> None:
+async def cmd_status(
+    args: argparse.Namespace, store: SqlStore, settings: Settings
+) -> None:
     document = service.job_document(await store.job_detail(args.job_id))
     if args.json:
         out_json(document)
@@ -131,7 +157,9 @@ async def cmd_status(args: argparse.Namespace, store: SqlStore) -> None:
         out(f"error: {document['error']}")
 
 
-async def cmd_results(args: argparse.Namespace, store: SqlStore) -> None:
+async def cmd_results(
+    args: argparse.Namespace, store: SqlStore, settings: Settings
+) -> None:
     lines = store.iter_items(args.job_id)
     if args.output is None:
         async for item in lines:
@@ -149,7 +177,9 @@ async def cmd_results(args: argparse.Namespace, store: SqlStore) -> None:
         out(f"wrote {count} items to {args.output}")
 
 
-async def cmd_cancel(args: argparse.Namespace, store: SqlStore) -> None:
+async def cmd_cancel(
+    args: argparse.Namespace, store: SqlStore, settings: Settings
+) -> None:
     job = await service.cancel_job(store, args.job_id)
     if args.json:
         out_json(service.job_document(await store.job_detail(job.id)))
@@ -159,7 +189,9 @@ async def cmd_cancel(args: argparse.Namespace, store: SqlStore) -> None:
         out(f"{job.id}: cancel requested; the leader cancels its provider batches")
 
 
-async def cmd_leader(args: argparse.Namespace, store: SqlStore) -> None:
+async def cmd_leader(
+    args: argparse.Namespace, store: SqlStore, settings: Settings
+) -> None:
     leader = await store.leader()
     document = {
         "instance_id": leader.holder,
@@ -193,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("file", metavar="FILE.jsonl")
     submit.add_argument("--callback-url")
     submit.add_argument("--metadata", metavar="JSON")
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="show progress on stderr until the job ends (a replica must run)",
+    )
     jobs = verb("jobs", cmd_jobs, "list jobs, newest first")
     jobs.add_argument("--status", choices=[s.value for s in JobStatus])
     jobs.add_argument("--before", metavar="JOB_ID", help="cursor: list older jobs")
@@ -234,12 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run_verb(args: argparse.Namespace, settings: Settings) -> None:
+async def _run_verb(args: argparse.Namespace, settings: Settings) -> int | None:
     migrate = args.verb != "migrate"
     async with open_store(
         settings.database_url, instance_id=settings.instance_id, migrate=migrate
     ) as store:
-        await args.handler(args, store)
+        return await args.handler(args, store, settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(flags={"database_url": args.database_url})
         logs.configure("warning", settings.log_format)
-        trio.run(_run_verb, args, settings)
+        code = trio.run(_run_verb, args, settings)
     except BatchwardenError as exc:
         return _report(exc)
     except KeyboardInterrupt:
@@ -266,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`| head`): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    return 0
+    return code or 0
 
 
 def _run_replica(args: argparse.Namespace) -> int:

@@ -9,7 +9,9 @@ settings cannot leak a key.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import secrets
 import socket
 from collections.abc import Callable, Mapping
@@ -20,6 +22,8 @@ from urllib.parse import urlsplit, urlunsplit
 from batchwarden.errors import ConfigError
 
 PREFIX = "BATCHWARDEN_"
+HOST_NAME = re.compile(r"^[A-Za-z0-9.:_-]{1,253}$")
+LOOPBACK_NAMES = ("localhost",)
 
 
 class Secret:
@@ -85,6 +89,19 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _allowlist(text: str) -> tuple[str, ...]:
+    entries = _csv(text)
+    for entry in entries:
+        if "/" in entry:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not a network (CIDR)") from None
+        elif not HOST_NAME.match(entry):
+            raise ValueError(f"{entry!r} is not a host name, address or CIDR")
+    return entries
+
+
 def _secret_csv(text: str) -> tuple[Secret, ...]:
     return tuple(Secret(part) for part in _csv(text))
 
@@ -145,6 +162,7 @@ class Settings:
     callback_timeout: float = 10.0
     callback_backoff: float = 1.0
     callback_max_attempts: int = 8
+    max_body_bytes: int = 256_000_000
 
     def __repr__(self) -> str:
         return f"Settings({self.public()!r})"
@@ -179,7 +197,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "batch_max_bytes": _positive_int,
     "item_max_attempts": _positive_int,
     "provider_queue_limit": _positive_int,
-    "callback_allowlist": _csv,
+    "callback_allowlist": _allowlist,
     "heartbeat_interval": _positive_float,
     "heartbeat_timeout": _positive_float,
     "trust_window": _positive_float,
@@ -196,6 +214,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "callback_timeout": _positive_float,
     "callback_backoff": _positive_float,
     "callback_max_attempts": _positive_int,
+    "max_body_bytes": _positive_int,
 }
 
 
@@ -213,6 +232,26 @@ def mask_password(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve the API beyond this host without bearer tokens."""
+    if settings.api_tokens or _is_loopback(settings.host):
+        return
+    raise ConfigError(
+        f"BATCHWARDEN_HOST is {settings.host!r}, reachable from other hosts, and"
+        " BATCHWARDEN_API_TOKENS is empty: anyone could submit and cancel jobs."
+        " Set API_TOKENS, or listen on 127.0.0.1"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(

@@ -21,16 +21,20 @@ import trio
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from batchwarden import logs, service
+from batchwarden.callback_urls import CallbackPolicy
 from batchwarden.config import Secret, Settings
 from batchwarden.documents import item_line
 from batchwarden.intake import Request
 from batchwarden.mockprovider import Behaviour, Duration, MockProvider, serve_mock
 from batchwarden.mockprovider.http import Request as HttpRequest
 from batchwarden.mockprovider.http import Response, serve
-from batchwarden.states import ItemStatus
+from batchwarden.progress import follow, outcome_line
 from batchwarden.store import SqlStore, open_store
 from batchwarden.supervisor import run as supervisor
 
+# The receiver runs on this machine, an address callbacks may not reach
+# unless allowed.
+ALLOWLIST = ("127.0.0.1",)
 TOPICS = ("tides", "photosynthesis", "binary heaps", "the Doppler effect", "TCP")
 
 
@@ -95,6 +99,7 @@ async def _demo(folder: Path, items: int) -> int:
             poll_interval=0.5,
             instance_id="demo",
             batch_max_requests=50,
+            callback_allowlist=ALLOWLIST,
         )
         nursery.start_soon(partial(supervisor.run, settings, announce=False))
         async with open_store(database, instance_id="demo-client") as store:
@@ -112,11 +117,16 @@ async def _follow(
 ) -> int:
     url = f"http://127.0.0.1:{receiver_port}/callback"
     job, _ = await service.create_job(
-        store, sample_requests(items), callback_url=url, metadata={"demo": True}
+        store,
+        sample_requests(items),
+        callback_url=url,
+        metadata={"demo": True},
+        policy=CallbackPolicy(ALLOWLIST),
     )
     say(f"submitted {job.id}: {items} requests, callback to {url}")
     with trio.fail_after(50):
-        detail = await _show_progress(store, job.id, items)
+        detail = await follow(store, job.id, sys.stdout)
+        say(outcome_line(detail))
         await receiver.arrived.wait()
     webhook_id, valid, payload = receiver.received[0]
     say(
@@ -131,31 +141,6 @@ async def _follow(
             out.write(item_line(item.custom_id, item.status.value, item.result) + "\n")
     say(f"results: {results}")
     return 0 if valid and detail.job.status.terminal else 1
-
-
-async def _show_progress(store: SqlStore, job_id: str, total: int):
-    """A bar redrawn in place on a terminal; a line per change otherwise."""
-    shown = ""
-    while True:
-        detail = await store.job_detail(job_id)
-        done = total - detail.item_counts[ItemStatus.PENDING]
-        bar = "#" * (30 * done // total)
-        line = f"[{bar:<30}] {done:>4}/{total} items  {detail.job.status.value:<9}"
-        if sys.stdout.isatty():
-            sys.stdout.write("\r" + line)
-        elif line != shown:
-            sys.stdout.write(line + "\n")
-        shown = line
-        sys.stdout.flush()
-        if detail.job.status.terminal:
-            if sys.stdout.isatty():
-                sys.stdout.write("\n")
-            counts = ", ".join(
-                f"{n} {s.value}" for s, n in detail.item_counts.items() if n
-            )
-            say(f"job {detail.job.status.value}: {counts}")
-            return detail
-        await trio.sleep(0.25)
 
 
 def say(text: str) -> None:

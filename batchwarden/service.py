@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
+from batchwarden.callback_urls import CallbackPolicy, CallbackRefused
 from batchwarden.documents import iso, item_line, job_document, job_summary
 from batchwarden.errors import Conflict, IllegalTransition, InvalidRequests
 from batchwarden.intake import Request
@@ -28,12 +28,13 @@ __all__ = [
 ]
 
 
-def check_callback_url(url: str | None) -> list[str]:
+async def check_callback_url(url: str | None, policy: CallbackPolicy) -> list[str]:
     if url is None:
         return []
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return ["callback_url: must be an http:// or https:// URL"]
+    try:
+        await policy.resolve(url)
+    except CallbackRefused as exc:
+        return [str(exc)]
     return []
 
 
@@ -59,8 +60,11 @@ async def create_job(
     callback_url: str | None = None,
     metadata: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
+    policy: CallbackPolicy,
 ) -> tuple[Job, bool]:
-    problems = check_callback_url(callback_url) + check_metadata(metadata)
+    """A new job, or with a known `idempotency_key` the original one;
+    (job, created). The callback URL is checked against `policy`."""
+    problems = check_metadata(metadata) + await check_callback_url(callback_url, policy)
     if problems:
         raise InvalidRequests(problems)
     return await store.create_job(

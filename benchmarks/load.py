@@ -204,6 +204,7 @@ async def jobs_phase(url: str, mock_url: str, jobs: int, items: int):
         poll_interval=0.5,
         provider_concurrency=CONCURRENCY,
         instance_id="bench-replica",
+        callback_allowlist=("127.0.0.1",),
     )
     client = open_store(url, instance_id="bench-client")
     async with client as store, trio.open_nursery() as nursery:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 from standardwebhooks.webhooks import Webhook
@@ -98,8 +99,16 @@ class Harness:
             "webhook_secret": Secret(SECRET),
             "callback_backoff": 0.05,
             "results_chunk": 1000,
+            "callback_allowlist": ("127.0.0.1",),
         }
         return Settings(**{**values, **overrides})
+
+    async def serve(self, **overrides) -> str:
+        """A replica in the test's nursery; returns its HTTP base URL."""
+        settings = self.settings(**overrides)
+        return await self.nursery.start(
+            partial(supervisor.run, settings, announce=False)
+        )
 
     async def start_replica(self, **overrides) -> ReplicaTask:
         task = ReplicaTask(trio.CancelScope(), trio.Event())

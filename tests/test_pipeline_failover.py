@@ -76,6 +76,7 @@ def test_leader_killed_mid_ingestion_loses_and_repeats_nothing(
     flags = [
         "--provider-url", mock_url, "--poll-interval", "0.1",
         "--results-chunk", "200", "--webhook-secret", SECRET,
+        "--callback-allowlist", "127.0.0.1",
     ]  # fmt: skip
     os.environ.setdefault("ANTHROPIC_API_KEY", "test-key")
     replicas = {n: Replica(pg_url, n, *flags, probe=False) for n in ("a", "b")}
@@ -87,7 +88,11 @@ def test_leader_killed_mid_ingestion_loses_and_repeats_nothing(
                     {"role": "user", "content": f"q{i}"}]}  # fmt: skip
                 out.write(json.dumps({"custom_id": f"q{i:05d}", "params": params}))
                 out.write("\n")
-        env = {**os.environ, "BATCHWARDEN_DATABASE_URL": pg_url}
+        env = {
+            **os.environ,
+            "BATCHWARDEN_DATABASE_URL": pg_url,
+            "BATCHWARDEN_CALLBACK_ALLOWLIST": "127.0.0.1",
+        }
         submitted = subprocess.run(
             [str(SCRIPT), "submit", str(requests), "--callback-url", receiver],
             capture_output=True, text=True, env=env, check=True,

@@ -9,6 +9,11 @@ next attempt waits `CALLBACK_BACKOFF * 2^(attempt-1)`, jittered, or the
 receiver's `Retry-After` if longer (capped at an hour); after
 `CALLBACK_MAX_ATTEMPTS` the callback is `exhausted`, visible on the job.
 
+Before each attempt the URL's host is resolved and checked against the
+callback policy (`callback_urls`), and the POST goes to the address that
+passed: a host that now resolves to a private address (DNS rebinding) gets
+a failed attempt, not a request.
+
 It wakes when the item fetcher writes a callback (a coalesced poke) and
 once a second for retries that came due.
 """
@@ -25,6 +30,7 @@ from standardwebhooks.webhooks import Webhook
 
 from batchwarden.actors.backoff import schedule
 from batchwarden.actors.messages import CallbackDue
+from batchwarden.callback_urls import CallbackPolicy, CallbackRefused
 from batchwarden.store.pipeline import Callback
 from batchwarden.supervisor.leadership import LeaderContext
 
@@ -43,16 +49,16 @@ async def callback_sender(
     secret = settings.webhook_secret
     signer = Webhook(secret.reveal()) if secret is not None else None
     limiter = trio.CapacityLimiter(CONCURRENCY)
+    policy = CallbackPolicy(settings.callback_allowlist)
     async with httpx.AsyncClient(timeout=settings.callback_timeout) as client:
+        sender = Sender(client, signer, policy)
         while True:
             due = await context.store.lease_callbacks(
                 term=context.term, limit=BATCH, lease_s=settings.callback_timeout + 5
             )
             async with trio.open_nursery() as nursery:
                 for callback in due:
-                    nursery.start_soon(
-                        _deliver, context, client, signer, limiter, callback
-                    )
+                    nursery.start_soon(_deliver, context, sender, limiter, callback)
             if len(due) < BATCH:
                 with trio.move_on_after(IDLE_S):
                     await pokes.receive()
@@ -60,14 +66,13 @@ async def callback_sender(
 
 async def _deliver(
     context: LeaderContext,
-    client: httpx.AsyncClient,
-    signer: Webhook | None,
+    sender: Sender,
     limiter: trio.CapacityLimiter,
     callback: Callback,
 ) -> None:
     async with limiter:
         started = time.perf_counter()
-        status_code, error, retry_after = await _post(client, signer, callback)
+        status_code, error, retry_after = await sender.post(callback)
         duration = time.perf_counter() - started
     attempt = callback.attempts + 1
     next_at = _next_attempt(context, attempt, retry_after)
@@ -89,31 +94,61 @@ async def _deliver(
         log.info("callback failed, will retry: %s", error, extra=extra)
 
 
-async def _post(
-    client: httpx.AsyncClient, signer: Webhook | None, callback: Callback
-) -> tuple[int | None, str | None, float | None]:
-    """(status code, error, retry-after seconds) of one POST."""
-    stamp = datetime.now(UTC)
-    headers = {
-        "content-type": "application/json",
-        "webhook-id": callback.id,
-        "webhook-timestamp": str(int(stamp.timestamp())),
-    }
-    if signer is not None:
-        headers["webhook-signature"] = signer.sign(callback.id, stamp, callback.payload)
-    try:
-        response = await client.post(
-            callback.url, content=callback.payload, headers=headers
+class Sender:
+    """Signs and POSTs callbacks to checked, pinned addresses."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        signer: Webhook | None,
+        policy: CallbackPolicy,
+    ) -> None:
+        self.client = client
+        self.signer = signer
+        self.policy = policy
+
+    async def post(
+        self, callback: Callback
+    ) -> tuple[int | None, str | None, float | None]:
+        """(status code, error, retry-after seconds) of one attempt."""
+        try:
+            destination = await self.policy.resolve(callback.url)
+        except CallbackRefused as exc:
+            return None, str(exc), None
+        url = httpx.URL(callback.url)
+        headers = self._headers(callback)
+        headers["host"] = url.netloc.decode("ascii")
+        # The connection goes to the address that passed the check; TLS
+        # still verifies the certificate against the URL's host name.
+        extensions = {"sni_hostname": destination.host} if url.scheme == "https" else {}
+        try:
+            response = await self.client.post(
+                url.copy_with(host=str(destination.address)),
+                content=callback.payload,
+                headers=headers,
+                extensions=extensions,
+            )
+        except httpx.HTTPError as exc:
+            return None, f"{type(exc).__name__}: {exc}"[:500], None
+        if 200 <= response.status_code < 300:
+            return response.status_code, None, None
+        return (
+            response.status_code,
+            f"HTTP {response.status_code}",
+            _retry_after(response.headers.get("retry-after")),
         )
-    except httpx.HTTPError as exc:
-        return None, f"{type(exc).__name__}: {exc}"[:500], None
-    if 200 <= response.status_code < 300:
-        return response.status_code, None, None
-    return (
-        response.status_code,
-        f"HTTP {response.status_code}",
-        _retry_after(response.headers.get("retry-after")),
-    )
+
+    def _headers(self, callback: Callback) -> dict[str, str]:
+        stamp = datetime.now(UTC)
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": callback.id,
+            "webhook-timestamp": str(int(stamp.timestamp())),
+        }
+        if self.signer is not None:
+            signature = self.signer.sign(callback.id, stamp, callback.payload)
+            headers["webhook-signature"] = signature
+        return headers
 
 
 def _retry_after(value: str | None) -> float | None:

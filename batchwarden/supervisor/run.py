@@ -27,7 +27,7 @@ from batchwarden.actors.lock_holder import LockHolder
 from batchwarden.actors.lock_retry import lock_retry
 from batchwarden.actors.pipeline import pipeline
 from batchwarden.api.app import build_app
-from batchwarden.config import Settings
+from batchwarden.config import Settings, check_exposure
 from batchwarden.store import SqliteStore, SqlStore, connect
 from batchwarden.supervisor.leadership import LeaderActor, Leadership
 from batchwarden.supervisor.lock import (
@@ -57,17 +57,23 @@ def session_factory(settings: Settings, store: SqlStore, timing: LockTiming):
 
 
 async def run(
-    settings: Settings, actors: Sequence[LeaderActor] = (), *, announce: bool = True
+    settings: Settings,
+    actors: Sequence[LeaderActor] = (),
+    *,
+    announce: bool = True,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until SIGTERM or SIGINT. With `announce`, print the HTTP address
-    on stderr once listening (scripts and tests wait for that line)."""
+    """Serve until SIGTERM or SIGINT (or cancelled). Once listening, report
+    the HTTP address to `nursery.start` and, with `announce`, print it on
+    stderr (scripts wait for that line)."""
     timing = LockTiming.from_settings(settings)
     timing.check()
+    check_exposure(settings)
     store = connect(settings.database_url, instance_id=settings.instance_id)
     await store.open()
     try:
         await store.migrate()
-        await _supervise(settings, store, timing, actors, announce)
+        await _supervise(settings, store, timing, actors, announce, task_status)
     finally:
         with trio.CancelScope(shield=True):
             await store.close()
@@ -79,6 +85,7 @@ async def _supervise(
     timing: LockTiming,
     actors: Sequence[LeaderActor],
     announce: bool,
+    task_status: trio.TaskStatus[str],
 ) -> None:
     metrics = Metrics()
     leadership = Leadership(settings.instance_id, metrics)
@@ -107,6 +114,7 @@ async def _supervise(
                 print(
                     f"batchwarden listening on {binds[0]}", file=sys.stderr, flush=True
                 )
+            task_status.started(binds[0])
             async for signum in signals:
                 log.info("received %s: shutting down", signal.Signals(signum).name)
                 stopping.set()
@@ -126,5 +134,5 @@ async def _serve_http(
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 1.0
-    app = build_app(store, leadership)
+    app = build_app(store, leadership, settings)
     await hypercorn_serve(app, config, task_status=task_status)
