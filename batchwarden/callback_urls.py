@@ -38,11 +38,11 @@ class CallbackRefused(Rejected):
 
 @dataclass(frozen=True)
 class Destination:
-    """A checked callback URL and the address to connect to."""
+    """A checked callback URL and the addresses to connect to, in order."""
 
     url: str
     host: str
-    address: IPAddress
+    addresses: tuple[IPAddress, ...]
 
 
 def check_syntax(url: str) -> str | None:
@@ -93,7 +93,7 @@ class CallbackPolicy:
         return False
 
     async def resolve(self, url: str) -> Destination:
-        """The first address of `url`'s host, if every address is allowed.
+        """The addresses of `url`'s host, if every one of them is allowed.
 
         Raises `CallbackRefused` naming the URL's problem or the first
         address that is not allowed.
@@ -111,7 +111,7 @@ class CallbackPolicy:
                     " loopback or link-local address; list it in"
                     " BATCHWARDEN_CALLBACK_ALLOWLIST to allow it"
                 )
-        return Destination(url, host, addresses[0])
+        return Destination(url, host, tuple(addresses))
 
 
 async def _addresses(host: str, port: int) -> list[IPAddress]:

@@ -129,7 +129,7 @@ async def cmd_jobs(
     args: argparse.Namespace, store: SqlStore, settings: Settings
 ) -> None:
     status = JobStatus(args.status) if args.status else None
-    jobs = await store.list_jobs(status=status, before=args.before, limit=args.limit)
+    jobs = await store.list_jobs(status=status, before=args.cursor, limit=args.limit)
     summaries = [service.job_summary(job) for job in jobs]
     if args.json:
         out_json({"jobs": summaries, "next_cursor": _cursor(jobs, args.limit)})
@@ -232,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     jobs = verb("jobs", cmd_jobs, "list jobs, newest first")
     jobs.add_argument("--status", choices=[s.value for s in JobStatus])
-    jobs.add_argument("--before", metavar="JOB_ID", help="cursor: list older jobs")
+    jobs.add_argument(
+        "--cursor", metavar="JOB_ID", help="the next_cursor of the previous page"
+    )
     jobs.add_argument("--limit", type=int, default=50)
     status = verb("status", cmd_status, "show one job")
     status.add_argument("job_id", metavar="JOB_ID")

@@ -9,7 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
 
+from batchwarden import service
+from batchwarden.mockprovider import Duration
+from batchwarden.states import JobStatus
+from tests.harness import Harness
 from tests.helpers import request_line
 
 SCRIPT = Path(sys.executable).parent / "batchwarden"
@@ -138,3 +143,72 @@ def test_migrate_reports_what_it_applied(cli):
 def test_leader_shows_that_nobody_leads_yet(cli):
     shown = cli("leader", "--json")
     assert json.loads(shown.stdout) == {"instance_id": None, "term": 0, "since": None}
+
+
+def test_run_on_an_open_address_without_tokens_exits_with_the_reason(cli):
+    refused = cli("run", "--host", "0.0.0.0", "--port", "0")
+    assert refused.returncode == 2
+    assert "BATCHWARDEN_API_TOKENS is empty" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_submit_refuses_a_private_callback_url(cli):
+    refused = cli("submit", str(EXAMPLE), "--callback-url", "http://10.0.0.7/hook")
+    assert refused.returncode == 2
+    assert "10.0.0.7, a private, loopback or link-local address" in refused.stderr
+    assert all_jobs(cli) == []
+
+
+async def test_submit_wait_shows_progress_and_prints_the_ended_job(
+    nursery, database_url, tmp_path
+):
+    harness = Harness(nursery, database_url)
+    await harness.start_servers()
+    await harness.serve()
+    env = {
+        **os.environ,
+        "BATCHWARDEN_DATABASE_URL": database_url,
+        "BATCHWARDEN_CALLBACK_ALLOWLIST": "127.0.0.1",
+    }
+    command = [str(SCRIPT), "submit", str(EXAMPLE), "--wait", "--json"]
+    command += ["--callback-url", harness.receiver.url]
+    with trio.fail_after(60):
+        waited = await trio.run_process(
+            command, env=env, capture_stdout=True, capture_stderr=True, check=False
+        )
+    assert waited.returncode == 0, waited.stderr
+    job = json.loads(waited.stdout)
+    assert job["status"] == "completed" and sum(job["request_counts"].values()) == 10
+    progress = waited.stderr.decode().splitlines()
+    assert progress[-1].endswith("10/10 items  completed")
+    assert all(line.startswith("[") for line in progress)
+    nursery.cancel_scope.cancel()
+
+
+async def test_submit_wait_exits_6_when_the_job_ends_otherwise(
+    nursery, database_url, store
+):
+    harness = Harness(nursery, database_url)
+    await harness.start_servers()
+    harness.provider.behaviour.processing = Duration("fixed", 60)
+    await harness.serve()
+    env = {**os.environ, "BATCHWARDEN_DATABASE_URL": database_url}
+    command = [str(SCRIPT), "submit", str(EXAMPLE), "--wait"]
+    waiting = await trio.lowlevel.open_process(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    with trio.fail_after(60):
+        job_id = (await waiting.stdout.receive_some(4096)).decode().split()[0]
+        await wait_status(store, job_id, JobStatus.RUNNING)
+        await service.cancel_job(store, job_id)
+        rest = b""
+        while chunk := await waiting.stdout.receive_some(4096):
+            rest += chunk
+        assert await waiting.wait() == 6
+    assert rest.decode().splitlines()[-1] == "job cancelled: 10 canceled"
+    nursery.cancel_scope.cancel()
+
+
+async def wait_status(store, job_id: str, status: JobStatus) -> None:
+    while (await store.get_job(job_id)).status is not status:
+        await trio.sleep(0.05)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchwarden.config import Secret, Settings, load_settings
+from batchwarden.config import Secret, Settings, check_exposure, load_settings
 from batchwarden.errors import ConfigError
 
 
@@ -36,6 +36,8 @@ def test_flags_win_over_the_environment():
         ("LOG_FORMAT", "xml", "BATCHWARDEN_LOG_FORMAT must be one of text, json"),
         ("DATABASE_URL", "mysql://x", "BATCHWARDEN_DATABASE_URL must start with"),
         ("ITEM_MAX_ATTEMPTS", "-1", "BATCHWARDEN_ITEM_MAX_ATTEMPTS must be a whole"),
+        ("CALLBACK_ALLOWLIST", "10.0.0.0/33", "BATCHWARDEN_CALLBACK_ALLOWLIST '10.0"),
+        ("CALLBACK_ALLOWLIST", "a b", "BATCHWARDEN_CALLBACK_ALLOWLIST 'a b' is not"),
     ],
 )
 def test_a_bad_value_names_its_setting(name, value, message):
@@ -68,3 +70,18 @@ def test_secrets_never_show_in_settings_or_errors():
 
 def test_instance_ids_differ_per_process_instance():
     assert Settings().instance_id != Settings().instance_id
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "::1", "[::1]", "localhost", "127.8.0.2"],
+)
+def test_a_loopback_replica_may_serve_without_tokens(host):
+    check_exposure(Settings(host=host))
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.5", "::", "api.internal"])
+def test_a_reachable_replica_without_tokens_refuses_to_start(host):
+    with pytest.raises(ConfigError, match="BATCHWARDEN_API_TOKENS is empty"):
+        check_exposure(Settings(host=host))
+    check_exposure(Settings(host=host, api_tokens=(Secret("t"),)))

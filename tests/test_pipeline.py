@@ -206,6 +206,31 @@ async def test_an_exhausted_callback_is_visible_on_the_job(harness):
     assert len(harness.receiver.received) == 3
 
 
+async def test_a_callback_address_refused_at_delivery_is_never_called(harness):
+    """The check runs again before each attempt: a URL that passed when the
+    job was created but resolves to a private address now (DNS rebinding,
+    or an allowlist since narrowed) gets failed attempts, not requests."""
+    await harness.start_servers()
+    await harness.start_replica(callback_max_attempts=2, callback_allowlist=())
+    job, _ = await harness.store.create_job(
+        requests(3), callback_url=harness.receiver.url
+    )
+    detail = await wait_callback(harness.store, job.id, "exhausted")
+    assert detail.callback.attempts == 2
+    assert "resolves to 127.0.0.1, a private" in detail.callback.last_error
+    assert harness.receiver.received == []
+
+
+async def test_a_callback_goes_to_the_checked_address_with_the_url_host(harness):
+    await harness.start_servers()
+    await harness.start_replica(callback_allowlist=("localhost",))
+    url = f"http://localhost:{harness.receiver.port}/hook"
+    job, _ = await harness.store.create_job(requests(3), callback_url=url)
+    await wait_callback(harness.store, job.id, "delivered")
+    (headers, _), *_ = harness.receiver.received
+    assert headers["host"] == f"localhost:{harness.receiver.port}"
+
+
 async def test_a_job_left_pending_by_a_dead_leader_is_resumed(harness):
     await harness.start_servers()
     dead_term = await harness.store.bump_term("dead-leader")

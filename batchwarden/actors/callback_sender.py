@@ -30,7 +30,7 @@ from standardwebhooks.webhooks import Webhook
 
 from batchwarden.actors.backoff import schedule
 from batchwarden.actors.messages import CallbackDue
-from batchwarden.callback_urls import CallbackPolicy, CallbackRefused
+from batchwarden.callback_urls import CallbackPolicy, CallbackRefused, Destination
 from batchwarden.store.pipeline import Callback
 from batchwarden.supervisor.leadership import LeaderContext
 
@@ -115,19 +115,8 @@ class Sender:
             destination = await self.policy.resolve(callback.url)
         except CallbackRefused as exc:
             return None, str(exc), None
-        url = httpx.URL(callback.url)
-        headers = self._headers(callback)
-        headers["host"] = url.netloc.decode("ascii")
-        # The connection goes to the address that passed the check; TLS
-        # still verifies the certificate against the URL's host name.
-        extensions = {"sni_hostname": destination.host} if url.scheme == "https" else {}
         try:
-            response = await self.client.post(
-                url.copy_with(host=str(destination.address)),
-                content=callback.payload,
-                headers=headers,
-                extensions=extensions,
-            )
+            response = await self._send(destination, callback)
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}: {exc}"[:500], None
         if 200 <= response.status_code < 300:
@@ -137,6 +126,30 @@ class Sender:
             f"HTTP {response.status_code}",
             _retry_after(response.headers.get("retry-after")),
         )
+
+    async def _send(
+        self, destination: Destination, callback: Callback
+    ) -> httpx.Response:
+        """POST to the checked addresses in turn until one accepts a
+        connection: the check and the connection see the same answer."""
+        url = httpx.URL(callback.url)
+        headers = self._headers(callback)
+        headers["host"] = url.netloc.decode("ascii")
+        # TLS still verifies the certificate against the URL's host name.
+        extensions = {"sni_hostname": destination.host} if url.scheme == "https" else {}
+        last = len(destination.addresses) - 1
+        for index, address in enumerate(destination.addresses):
+            try:
+                return await self.client.post(
+                    url.copy_with(host=str(address)),
+                    content=callback.payload,
+                    headers=headers,
+                    extensions=extensions,
+                )
+            except httpx.ConnectError:
+                if index == last:
+                    raise
+        raise AssertionError("a destination has at least one address")
 
     def _headers(self, callback: Callback) -> dict[str, str]:
         stamp = datetime.now(UTC)
