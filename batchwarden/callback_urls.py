@@ -47,6 +47,8 @@ class Destination:
 
 def check_syntax(url: str) -> str | None:
     """Why `url` cannot be a callback URL, or None."""
+    if any(ord(char) <= 32 or ord(char) == 127 for char in url):
+        return "must not contain spaces or control characters"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
@@ -122,8 +124,8 @@ async def _addresses(host: str, port: int) -> list[IPAddress]:
     try:
         with trio.fail_after(RESOLVE_TIMEOUT_S):
             found = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, trio.TooSlowError) as exc:
-        reason = getattr(exc, "strerror", None) or "no answer in time"
+    except (OSError, UnicodeError, ValueError, trio.TooSlowError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or "no answer in time"
         problem = f"callback_url: cannot resolve {host}: {reason}"
         raise CallbackRefused(problem) from None
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in found]

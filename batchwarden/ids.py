@@ -8,10 +8,12 @@ random bits, so ids made by one process always sort in the order made.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+JOB_ID = re.compile(r"job_[0-9a-z]{26}")
 _RANDOM_BITS = 80
 _lock = threading.Lock()
 _last = 0
@@ -44,3 +46,8 @@ def new_job_id() -> str:
 def new_callback_id() -> str:
     """The `webhook-id` of one callback, stable across its delivery attempts."""
     return "msg_" + _sortable()
+
+
+def is_job_id(text: str) -> bool:
+    """Whether `text` has the shape of a job id (so it is safe to look up)."""
+    return JOB_ID.fullmatch(text) is not None

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -61,3 +64,14 @@ def database_url(request):
 async def store(database_url):
     async with open_store(database_url, instance_id="test-replica") as opened:
         yield opened
+
+
+@pytest.fixture
+def mock_url():
+    """A `batchwarden mock-provider` process; its base URL."""
+    script = Path(sys.executable).parent / "batchwarden"
+    command = [str(script), "mock-provider", "--port", "0", "--processing-time", "0.5"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    yield process.stdout.readline().split()[-1]
+    process.terminate()
+    process.wait(timeout=10)

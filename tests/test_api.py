@@ -264,3 +264,23 @@ async def test_the_leader_endpoint_names_the_leader(api):
         while (leader := (await api.get("/v1/leader")).json())["term"] == 0:
             await trio.sleep(0.05)
     assert leader["instance_id"] == "e2e-replica" and leader["this_replica_leads"]
+
+
+async def test_a_nul_character_in_a_request_is_carried_through_and_stored(api):
+    """Found by the fuzz run: the mock echoes the model name, and PostgreSQL
+    text cannot hold NUL; the job must still complete."""
+    params = {**PARAMS, "model": "claude\u0000odd"}
+    created = await api.post(
+        "/v1/jobs", json={"requests": [{"custom_id": "nul", "params": params}]}
+    )
+    assert created.status_code == 201
+    done = await wait_status(api, created.json()["id"], "completed", "failed")
+    assert done["status"] == "completed"
+    (line,) = (await api.get(f"/v1/jobs/{done['id']}/results")).text.splitlines()
+    assert json.loads(line)["result"]["message"]["model"] == "claude\u0000odd"
+
+
+@pytest.mark.parametrize("job_id", ["%00", "job_%00", "job_" + "z" * 27])
+async def test_an_id_no_job_can_have_is_not_found(api, job_id):
+    assert (await api.get(f"/v1/jobs/{job_id}")).status_code == 404
+    assert (await api.post(f"/v1/jobs/{job_id}/cancel")).status_code == 404

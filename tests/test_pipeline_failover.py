@@ -47,18 +47,6 @@ def receiver():
     server.shutdown()
 
 
-@pytest.fixture
-def mock_url():
-    process = subprocess.Popen(
-        [str(SCRIPT), "mock-provider", "--port", "0", "--processing-time", "0.5"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    yield process.stdout.readline().split()[-1]
-    process.terminate()
-    process.wait(timeout=10)
-
-
 def job_state(url: str, job_id: str) -> tuple[str, int]:
     with psycopg.connect(url) as connection:
         status = connection.execute(

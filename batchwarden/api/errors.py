@@ -38,6 +38,7 @@ STATUS_TYPES = {
     409: "conflict",
     413: "payload_too_large",
     422: "invalid_request",
+    500: "internal",
     503: "unavailable",
 }
 
@@ -101,6 +102,16 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation(request: Request, exc: RequestValidationError):
         return error_response(422, "the request is not valid", _problems(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error(
+            "unhandled error on %s %s",
+            request.method,
+            request.url.path,
+            exc_info=exc,
+        )
+        return error_response(500, "internal error; the log has the details")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

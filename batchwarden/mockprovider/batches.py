@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 DAY_S = 86_400.0
+MAX_OUTPUT_TOKENS = 128_000
 OUTCOMES = ("succeeded", "errored", "expired")
 SUCCEEDED, ERRORED, EXPIRED = range(3)
 
@@ -127,9 +128,9 @@ class MockBatch:
         self.error_type = array(
             "B", rng.choices(range(len(error_names)), error_weights, k=len(items))
         )
-        self.output_tokens = array(
-            "I", (rng.randint(1, max(1, item.max_tokens)) for item in items)
-        )
+        # A reply is at most MAX_OUTPUT_TOKENS long, whatever max_tokens asks.
+        limits = (min(max(1, item.max_tokens), MAX_OUTPUT_TOKENS) for item in items)
+        self.output_tokens = array("I", (rng.randint(1, top) for top in limits))
 
     def __len__(self) -> int:
         return len(self.custom_ids)

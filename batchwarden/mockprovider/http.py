@@ -10,6 +10,7 @@ closed.
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Iterable
@@ -18,6 +19,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import h11
 import trio
+
+log = logging.getLogger(__name__)
 
 IDLE_S = 75.0
 MAX_BODY = 256_000_000 + 1_000_000
@@ -78,7 +81,7 @@ async def _serve_connection(stream: trio.SocketStream, handler: Handler) -> None
                 request = await _read_request(stream, connection)
             if request is None:
                 return
-            response = await handler(request)
+            response = await _answer(handler, request)
             if not await _send(stream, connection, response):
                 return
             if connection.our_state is not h11.DONE:
@@ -90,6 +93,17 @@ async def _serve_connection(stream: trio.SocketStream, handler: Handler) -> None
         return
     finally:
         await stream.aclose()
+
+
+async def _answer(handler: Handler, request: Request) -> Response:
+    """The handler's response; a bug in it is a 500 and a log line, and the
+    server goes on serving."""
+    try:
+        return await handler(request)
+    except Exception:
+        log.exception("handler failed on %s %s", request.method, request.path)
+        body = b'{"type":"error","error":{"type":"api_error","message":"mock bug"}}'
+        return Response(500, body)
 
 
 async def _read_request(

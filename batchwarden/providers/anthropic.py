@@ -31,7 +31,7 @@ import trio
 
 from batchwarden.errors import Rejected, RetryLater
 from batchwarden.states import ItemStatus
-from batchwarden.store.records import ResultRow, Usage
+from batchwarden.store.records import USAGE_KINDS, ResultRow, Usage
 
 T = TypeVar("T")
 
@@ -179,23 +179,36 @@ def parse_result(line: str) -> ResultRow:
         status = ItemStatus(result["type"])
     except (ValueError, KeyError, TypeError):
         raise MalformedResult(f"a results line did not parse: {line[:120]!r}") from None
+    if not isinstance(custom_id, str) or "\x00" in custom_id:
+        raise MalformedResult(f"a results line has a bad custom_id: {line[:120]!r}")
     text = _result_text(line, custom_id) or json.dumps(result)
     if status is not ItemStatus.SUCCEEDED:
         return ResultRow(custom_id, status, text)
-    message = result.get("message") or {}
-    usage = message.get("usage") or {}
+    message = _object(result.get("message"))
+    usage = _object(message.get("usage"))
     return ResultRow(
         custom_id=custom_id,
         status=status,
         result=text,
-        usage=Usage(
-            input_tokens=usage.get("input_tokens") or 0,
-            output_tokens=usage.get("output_tokens") or 0,
-            cache_creation_input_tokens=usage.get("cache_creation_input_tokens") or 0,
-            cache_read_input_tokens=usage.get("cache_read_input_tokens") or 0,
-        ),
-        model=message.get("model"),
+        usage=Usage(**{kind: _count(usage.get(kind)) for kind in USAGE_KINDS}),
+        model=_text(message.get("model")),
     )
+
+
+def _object(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _count(value: object) -> int:
+    """A token count as stored: a whole number in range, else 0."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62:
+        return value
+    return 0
+
+
+def _text(value: object) -> str | None:
+    """A string the databases can store (PostgreSQL text holds no NUL)."""
+    return value.replace("\x00", "") if isinstance(value, str) else None
 
 
 def _result_text(line: str, custom_id: str) -> str | None:

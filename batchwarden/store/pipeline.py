@@ -22,6 +22,7 @@ from batchwarden.store.queries import (
     JOB_COLUMNS,
     append_results,
     batch_from_row,
+    check_job_id,
     job_from_row,
     move_job,
     now,
@@ -72,6 +73,7 @@ class PipelineStore(SqlStore):
         until the provider has cancelled its batches."""
 
         def request(tx: Tx) -> Job:
+            check_job_id(job_id)
             stamp = now()
             row = tx.one(
                 "UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at,"

@@ -9,6 +9,7 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from batchwarden import ids
 from batchwarden.errors import Conflict, IllegalTransition, JobNotFound
 from batchwarden.states import ItemStatus, JobStatus
 from batchwarden.store.records import (
@@ -99,7 +100,14 @@ def batch_from_row(row: tuple) -> ProviderBatch:
     )
 
 
+def check_job_id(job_id: str) -> None:
+    """An id no job can have (a typo, a NUL byte) is simply not found."""
+    if not ids.is_job_id(job_id):
+        raise JobNotFound(job_id)
+
+
 def read_job(tx: Tx, job_id: str) -> Job:
+    check_job_id(job_id)
     row = tx.one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,))
     if row is None:
         raise JobNotFound(job_id)
@@ -127,6 +135,7 @@ def move_job(
     error: str | None = None,
 ) -> Job:
     """One guarded UPDATE; on no match, say why (unknown job or illegal)."""
+    check_job_id(job_id)
     if not sources:
         current = read_job(tx, job_id).status
         raise IllegalTransition(job_id, current.value, target.value)
