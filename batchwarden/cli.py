@@ -89,6 +89,26 @@ async def cmd_submit(
     )
     if not args.json:
         out(f"{job.id} created with {job.item_count} items")
+    return await _follow_new_job(args, store, job)
+
+
+async def cmd_track(
+    args: argparse.Namespace, store: SqlStore, settings: Settings
+) -> int:
+    job, _ = await service.track_batch(
+        store,
+        args.provider_batch_id,
+        callback_url=args.callback_url,
+        metadata=_parse_metadata(args.metadata),
+        policy=CallbackPolicy(settings.callback_allowlist),
+    )
+    if not args.json:
+        out(f"{job.id} tracks provider batch {args.provider_batch_id}")
+    return await _follow_new_job(args, store, job)
+
+
+async def _follow_new_job(args: argparse.Namespace, store: SqlStore, job) -> int:
+    """Print the new job, or with `--wait` follow it to its end."""
     if not args.wait:
         if args.json:
             out_json(service.job_document(await store.job_detail(job.id)))
@@ -223,13 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     verb("migrate", cmd_migrate, "apply schema migrations and exit")
     submit = verb("submit", cmd_submit, "create a job from a JSON lines file")
     submit.add_argument("file", metavar="FILE.jsonl")
-    submit.add_argument("--callback-url")
-    submit.add_argument("--metadata", metavar="JSON")
-    submit.add_argument(
-        "--wait",
-        action="store_true",
-        help="show progress on stderr until the job ends (a replica must run)",
-    )
+    track = verb("track", cmd_track, "create a job that follows a provider batch")
+    track.add_argument("provider_batch_id", metavar="PROVIDER_BATCH_ID")
+    for creating in (submit, track):
+        creating.add_argument("--callback-url")
+        creating.add_argument("--metadata", metavar="JSON")
+        creating.add_argument(
+            "--wait",
+            action="store_true",
+            help="show progress on stderr until the job ends (a replica must run)",
+        )
     jobs = verb("jobs", cmd_jobs, "list jobs, newest first")
     jobs.add_argument("--status", choices=[s.value for s in JobStatus])
     jobs.add_argument(

@@ -7,6 +7,8 @@ CLI and the API call these functions and print or serve what they return.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,6 +20,9 @@ from batchwarden.states import JobStatus
 from batchwarden.store import SqlStore
 from batchwarden.store.records import Job
 
+MAX_METADATA_BYTES = 16_384
+PROVIDER_BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
 __all__ = [
     "cancel_job",
     "create_job",
@@ -25,6 +30,7 @@ __all__ = [
     "item_line",
     "job_document",
     "job_summary",
+    "track_batch",
 ]
 
 
@@ -39,9 +45,22 @@ async def check_callback_url(url: str | None, policy: CallbackPolicy) -> list[st
 
 
 def check_metadata(metadata: Any) -> list[str]:
-    if metadata is None or isinstance(metadata, dict):
+    if metadata is None:
         return []
-    return ["metadata: must be a JSON object"]
+    if not isinstance(metadata, dict):
+        return ["metadata: must be a JSON object"]
+    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        return [f"metadata: at most {MAX_METADATA_BYTES} bytes of JSON"]
+    return []
+
+
+async def check_options(
+    callback_url: str | None, metadata: Any, policy: CallbackPolicy
+) -> None:
+    """What every new job checks, however it was submitted."""
+    problems = check_metadata(metadata) + await check_callback_url(callback_url, policy)
+    if problems:
+        raise InvalidRequests(problems)
 
 
 def request_digest(requests: Iterable[Request], callback_url: str | None) -> str:
@@ -64,15 +83,41 @@ async def create_job(
 ) -> tuple[Job, bool]:
     """A new job, or with a known `idempotency_key` the original one;
     (job, created). The callback URL is checked against `policy`."""
-    problems = check_metadata(metadata) + await check_callback_url(callback_url, policy)
-    if problems:
-        raise InvalidRequests(problems)
+    await check_options(callback_url, metadata, policy)
     return await store.create_job(
         requests,
         callback_url=callback_url,
         metadata=metadata,
         idempotency_key=idempotency_key,
         request_digest=request_digest(requests, callback_url),
+    )
+
+
+async def track_batch(
+    store: SqlStore,
+    provider_batch_id: str,
+    *,
+    callback_url: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    policy: CallbackPolicy,
+) -> tuple[Job, bool]:
+    """A job that follows a provider batch the user already created: the
+    leader polls it, stores its results as the job's items and sends the
+    callback. An id the provider does not know fails the job once the
+    provider's propagation delay has passed."""
+    if not PROVIDER_BATCH_ID.match(provider_batch_id):
+        raise InvalidRequests(
+            ["provider_batch_id: must be 1-128 characters of a-z, A-Z, 0-9, _ or -"]
+        )
+    await check_options(callback_url, metadata, policy)
+    digest = hashlib.sha256(f"{provider_batch_id}\1{callback_url or ''}".encode())
+    return await store.track_batch(
+        provider_batch_id,
+        callback_url=callback_url,
+        metadata=metadata,
+        idempotency_key=idempotency_key,
+        request_digest=digest.hexdigest(),
     )
 
 

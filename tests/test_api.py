@@ -10,6 +10,7 @@ import httpx
 import pytest
 import trio
 
+from batchwarden.actors import poller
 from batchwarden.config import Secret
 from batchwarden.intake import MAX_REQUESTS
 from batchwarden.mockprovider import Duration
@@ -284,3 +285,65 @@ async def test_a_nul_character_in_a_request_is_carried_through_and_stored(api):
 async def test_an_id_no_job_can_have_is_not_found(api, job_id):
     assert (await api.get(f"/v1/jobs/{job_id}")).status_code == 404
     assert (await api.post(f"/v1/jobs/{job_id}/cancel")).status_code == 404
+
+
+async def create_at_provider(harness: Harness, count: int) -> str:
+    """A provider batch the user created without batchwarden."""
+    items = [{"custom_id": f"own-{i:03d}", "params": PARAMS} for i in range(count)]
+    async with httpx.AsyncClient(base_url=harness.provider_url) as client:
+        created = await client.post(
+            "/v1/messages/batches",
+            json={"requests": items},
+            headers={"x-api-key": "user-key", "anthropic-version": "2023-06-01"},
+        )
+    assert created.status_code == 200, created.text
+    return created.json()["id"]
+
+
+async def test_a_job_can_track_a_provider_batch_created_elsewhere(api, harness):
+    batch_id = await create_at_provider(harness, 30)
+    created = await api.post(
+        "/v1/jobs",
+        json={"provider_batch_id": batch_id, "callback_url": harness.receiver.url},
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["item_count"] == 0
+    done = await wait_status(api, created.json()["id"], "completed")
+    assert done["item_count"] == 30 and done["request_counts"]["pending"] == 0
+    assert [b["id"] for b in done["provider_batches"]] == [batch_id]
+    results = (await api.get(f"/v1/jobs/{done['id']}/results")).text.splitlines()
+    custom_ids = sorted(json.loads(line)["custom_id"] for line in results)
+    assert custom_ids == [f"own-{i:03d}" for i in range(30)]
+    with trio.fail_after(30):
+        await harness.receiver.delivered.wait()
+    assert harness.receiver.verified()[0]["data"]["item_count"] == 30
+
+    again = await api.post("/v1/jobs", json={"provider_batch_id": batch_id})
+    assert again.status_code == 409
+    assert f"provider batch {batch_id} already belongs to a job" in again.text
+
+
+async def test_tracking_an_unknown_provider_batch_fails_the_job(
+    api, harness, monkeypatch
+):
+    monkeypatch.setattr(poller, "PROPAGATION_S", 0.0)
+    created = await api.post("/v1/jobs", json={"provider_batch_id": "msgbatch_nope"})
+    ended = await wait_status(api, created.json()["id"], "failed")
+    assert ended["error"] == "the provider no longer knows one of the job's batches"
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        ({"provider_batch_id": "a b"}, "provider_batch_id: must be 1-128 characters"),
+        ({"provider_batch_id": 7}, "provider_batch_id: must be a string"),
+        (
+            {"provider_batch_id": "x", **body(1)},
+            "requests: give requests or provider_batch_id, not both",
+        ),
+    ],
+)
+async def test_a_bad_provider_batch_id_is_a_422(api, document, problem):
+    response = await api.post("/v1/jobs", json=document)
+    assert response.status_code == 422
+    assert problem in "\n".join(problems(response))

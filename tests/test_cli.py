@@ -145,6 +145,17 @@ def test_leader_shows_that_nobody_leads_yet(cli):
     assert json.loads(shown.stdout) == {"instance_id": None, "term": 0, "since": None}
 
 
+def test_track_registers_a_provider_batch_once(cli):
+    tracked = cli("track", "msgbatch_abc123", "--json")
+    assert tracked.returncode == 0, tracked.stderr
+    job = json.loads(tracked.stdout)
+    assert (job["status"], job["item_count"]) == ("running", 0)
+    assert [b["id"] for b in job["provider_batches"]] == ["msgbatch_abc123"]
+    again = cli("track", "msgbatch_abc123")
+    assert again.returncode == 4
+    assert "provider batch msgbatch_abc123 already belongs to a job" in again.stderr
+
+
 def test_run_on_an_open_address_without_tokens_exits_with_the_reason(cli):
     refused = cli("run", "--host", "0.0.0.0", "--port", "0")
     assert refused.returncode == 2

@@ -25,7 +25,10 @@ CREATE_FIELDS = ("requests", "provider_batch_id", "callback_url", "metadata")
 
 @dataclass(frozen=True)
 class CreateJob:
+    """A create body: `requests`, or the `provider_batch_id` to track."""
+
     requests: list[JobRequest]
+    provider_batch_id: str | None
     callback_url: str | None
     metadata: dict[str, Any] | None
 
@@ -60,14 +63,21 @@ def parse_create_sync(body: bytes) -> CreateJob:
         raise InvalidRequests(["body: must be a JSON object"])
     problems = [f"{key}: unknown field" for key in value if key not in CREATE_FIELDS]
     problems += _check_optional(value)
+    callback_url, metadata = value.get("callback_url"), value.get("metadata")
     if "provider_batch_id" in value:
-        problems.append(
-            "provider_batch_id: tracking an existing provider batch is not"
-            " supported yet; send `requests`"
-        )
+        batch_id = value["provider_batch_id"]
+        if "requests" in value:
+            problems.append("requests: give requests or provider_batch_id, not both")
+        if not isinstance(batch_id, str):
+            problems.append("provider_batch_id: must be a string")
+        if problems:
+            raise InvalidRequests(problems)
+        return CreateJob([], batch_id, callback_url, metadata)
     requests = value.get("requests")
     if not isinstance(requests, list):
-        problems.append("requests: must be a list of requests")
+        problems.append(
+            "requests: must be a list of requests (or give provider_batch_id)"
+        )
         raise InvalidRequests(problems)
     try:
         parsed = validate_requests(
@@ -77,7 +87,7 @@ def parse_create_sync(body: bytes) -> CreateJob:
         problems += exc.problems
     if problems:
         raise InvalidRequests(problems)
-    return CreateJob(parsed, value.get("callback_url"), value.get("metadata"))
+    return CreateJob(parsed, None, callback_url, metadata)
 
 
 def _check_optional(value: dict) -> list[str]:

@@ -45,17 +45,22 @@ def jobs_router(store: SqlStore, settings: Settings) -> APIRouter:
             str | None, Header(min_length=1, max_length=255)
         ] = None,
     ) -> dict:
-        """Create a job from requests. A retry with the same
-        `Idempotency-Key` and body returns the original job."""
+        """Create a job from requests, or one that tracks a provider batch
+        created elsewhere. A retry with the same `Idempotency-Key` and body
+        returns the original job."""
         body = await parse_create(await read_body(request, settings.max_body_bytes))
-        job, created = await service.create_job(
-            store,
-            body.requests,
-            callback_url=body.callback_url,
-            metadata=body.metadata,
-            idempotency_key=idempotency_key,
-            policy=policy,
-        )
+        options = {
+            "callback_url": body.callback_url,
+            "metadata": body.metadata,
+            "idempotency_key": idempotency_key,
+            "policy": policy,
+        }
+        if body.provider_batch_id is not None:
+            job, created = await service.track_batch(
+                store, body.provider_batch_id, **options
+            )
+        else:
+            job, created = await service.create_job(store, body.requests, **options)
         if not created:
             response.headers["idempotent-replayed"] = "true"
         return service.job_document(await store.job_detail(job.id))

@@ -129,25 +129,41 @@ _REQUEST = {
     },
 }
 
+
+def _create_body(source: str, schema: dict) -> dict:
+    return {
+        "type": "object",
+        "required": [source],
+        "additionalProperties": False,
+        "properties": {
+            source: schema,
+            "callback_url": {"type": "string", "format": "uri"},
+            "metadata": {"type": "object"},
+        },
+    }
+
+
 CREATE_BODY = {
     "required": True,
     "content": {
         "application/json": {
             "schema": {
-                "type": "object",
-                "required": ["requests"],
-                "additionalProperties": False,
-                "properties": {
-                    "requests": {
-                        "type": "array",
-                        "minItems": 1,
-                        "maxItems": MAX_REQUESTS,
-                        "items": _REQUEST,
-                        "description": "custom_id values must be unique",
-                    },
-                    "callback_url": {"type": "string", "format": "uri"},
-                    "metadata": {"type": "object"},
-                },
+                "oneOf": [
+                    _create_body(
+                        "requests",
+                        {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": MAX_REQUESTS,
+                            "items": _REQUEST,
+                            "description": "custom_id values must be unique",
+                        },
+                    ),
+                    _create_body(
+                        "provider_batch_id",
+                        {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"},
+                    ),
+                ]
             }
         }
     },

@@ -19,12 +19,10 @@ Two kinds of writes:
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
-from batchwarden import ids
-from batchwarden.errors import ConfigError, StaleTerm
+from batchwarden.errors import ConfigError, Conflict, StaleTerm
 from batchwarden.intake import Request
 from batchwarden.states import ItemStatus, JobStatus, sources_of
 from batchwarden.store.queries import (
@@ -34,6 +32,7 @@ from batchwarden.store.queries import (
     append_results,
     as_datetime,
     batch_from_row,
+    insert_job,
     job_from_row,
     move_job,
     now,
@@ -129,26 +128,15 @@ class SqlStore:
         """
 
         def create(tx: Tx) -> tuple[Job, bool]:
-            stamp = now()
-            job_id = ids.new_job_id()
-            changed = tx.execute(
-                "INSERT INTO jobs (id, status, item_count, callback_url, metadata,"
-                " idempotency_key, request_digest, created_at, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (idempotency_key) DO NOTHING",
-                (
-                    job_id,
-                    JobStatus.CREATED.value,
-                    len(requests),
-                    callback_url,
-                    json.dumps(metadata or {}),
-                    idempotency_key,
-                    request_digest,
-                    stamp,
-                    stamp,
-                ),
+            job_id = insert_job(
+                tx,
+                len(requests),
+                callback_url,
+                metadata,
+                idempotency_key,
+                request_digest,
             )
-            if not changed:
+            if job_id is None:
                 return replayed_job(tx, idempotency_key, request_digest), False
             tx.bulk_insert(
                 "items",
@@ -161,6 +149,47 @@ class SqlStore:
             return read_job(tx, job_id), True
 
         return await self._run(create, write=True)
+
+    async def track_batch(
+        self,
+        provider_batch_id: str,
+        *,
+        callback_url: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        request_digest: str | None = None,
+    ) -> tuple[Job, bool]:
+        """A new job that follows a provider batch the user created
+        elsewhere. It starts `running`, since there is nothing to submit, and
+        learns its items from the batch's results. `Conflict` if a job
+        already has that provider batch."""
+
+        def track(tx: Tx) -> tuple[Job, bool]:
+            job_id = insert_job(
+                tx,
+                0,
+                callback_url,
+                metadata,
+                idempotency_key,
+                request_digest,
+                status=JobStatus.RUNNING,
+            )
+            if job_id is None:
+                return replayed_job(tx, idempotency_key, request_digest), False
+            added = tx.execute(
+                "INSERT INTO provider_batches (job_id, attempt, provider_batch_id,"
+                " processing_status, request_count, created_at)"
+                " VALUES (%s, 1, %s, 'in_progress', 0, %s)"
+                " ON CONFLICT (provider_batch_id) DO NOTHING",
+                (job_id, provider_batch_id, now()),
+            )
+            if not added:
+                raise Conflict(
+                    f"provider batch {provider_batch_id} already belongs to a job"
+                )
+            return read_job(tx, job_id), True
+
+        return await self._run(track, write=True)
 
     async def get_job(self, job_id: str) -> Job:
         return await self._run(lambda tx: read_job(tx, job_id), write=False)

@@ -271,7 +271,13 @@ class PipelineStore(SqlStore):
 
         def write(tx: Tx) -> tuple[WriteOutcome, JobEnd | None]:
             outcome = append_results(
-                tx, batch.job_id, batch.id, batch.attempt, rows, term
+                tx,
+                batch.job_id,
+                batch.id,
+                batch.attempt,
+                rows,
+                term,
+                adopt_items=batch.tracked,
             )
             if not last:
                 return outcome, None

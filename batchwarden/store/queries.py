@@ -52,12 +52,19 @@ def append_results(
     attempt: int,
     rows: Sequence[ResultRow],
     term: int,
+    *,
+    adopt_items: bool = False,
 ) -> WriteOutcome:
     """Rows load into a scratch table, then one set-based INSERT appends
-    those whose item exists and is not yet stored for this attempt."""
+    those whose item exists and is not yet stored for this attempt. With
+    `adopt_items` (a tracked provider batch), results of custom_ids the job
+    does not know yet become its items first."""
     tx.scratch_table("incoming_results", _INCOMING_SQL)
     tx.bulk_insert("incoming_results", INCOMING_COLUMNS, map(incoming_row, rows))
     tx.prefer_index_probes()
+    if adopt_items:
+        tx.execute(_ADOPT_ITEMS, (job_id, job_id, job_id))
+        tx.execute(_COUNT_ITEMS, (job_id, job_id))
     stored = tx.execute(_APPEND_RESULTS, (job_id, attempt, batch_id, term, job_id))
     if stored == len(rows):
         return WriteOutcome(stored, 0, 0)
@@ -112,6 +119,38 @@ def read_job(tx: Tx, job_id: str) -> Job:
     if row is None:
         raise JobNotFound(job_id)
     return job_from_row(row)
+
+
+def insert_job(
+    tx: Tx,
+    item_count: int,
+    callback_url: str | None,
+    metadata: dict | None,
+    idempotency_key: str | None,
+    request_digest: str | None,
+    status: JobStatus = JobStatus.CREATED,
+) -> str | None:
+    """A new job row; None if the idempotency key is taken."""
+    stamp = now()
+    job_id = ids.new_job_id()
+    changed = tx.execute(
+        "INSERT INTO jobs (id, status, item_count, callback_url, metadata,"
+        " idempotency_key, request_digest, created_at, updated_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (idempotency_key) DO NOTHING",
+        (
+            job_id,
+            status.value,
+            item_count,
+            callback_url,
+            json.dumps(metadata or {}),
+            idempotency_key,
+            request_digest,
+            stamp,
+            stamp,
+        ),
+    )
+    return job_id if changed else None
 
 
 def replayed_job(tx: Tx, key: str | None, digest: str | None) -> Job:
@@ -214,6 +253,25 @@ WHERE EXISTS (
     SELECT 1 FROM items i WHERE i.job_id = %s AND i.custom_id = n.custom_id
 )
 ON CONFLICT DO NOTHING
+"""
+
+# Positions continue after the job's last item, in custom_id order per chunk.
+_ADOPT_ITEMS = """
+INSERT INTO items (job_id, custom_id, position, params)
+SELECT %s, n.custom_id,
+    (SELECT COALESCE(max(position), -1) FROM items WHERE job_id = %s)
+        + row_number() OVER (ORDER BY n.custom_id),
+    'null'
+FROM incoming_results n
+WHERE NOT EXISTS (
+    SELECT 1 FROM items i WHERE i.job_id = %s AND i.custom_id = n.custom_id
+)
+ON CONFLICT DO NOTHING
+"""
+
+_COUNT_ITEMS = """
+UPDATE jobs SET item_count = (SELECT count(*) FROM items WHERE job_id = %s)
+WHERE id = %s
 """
 
 _COUNT_UNKNOWN = """

@@ -55,6 +55,12 @@ class ProviderBatch:
     results_stored_at: datetime | None
     first_position: int | None = None
 
+    @property
+    def tracked(self) -> bool:
+        """Created by the user, not by the submitter (which records the first
+        position of every part it creates): its items come from its results."""
+        return self.first_position is None
+
 
 @dataclass(frozen=True, slots=True)
 class CallbackState:
