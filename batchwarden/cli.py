@@ -333,10 +333,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_replica(args: argparse.Namespace) -> int:
     from batchwarden.supervisor import run as supervisor
+    from batchwarden.telemetry import tracing
 
     try:
         settings = load_settings(flags={name: getattr(args, name) for name in PARSERS})
         logs.configure(settings.log_level, settings.log_format)
+        tracing.configure(settings.instance_id)
         actors = [supervisor.load_actor(spec) for spec in args.leader_actor]
         trio.run(supervisor.run, settings, actors)
     except BatchwardenError as exc:

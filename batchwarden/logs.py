@@ -2,17 +2,50 @@
 
 Structured fields travel in `extra` under stable keys (`job_id`, `batch_id`,
 `term`, `attempt`, `instance`, ...); the JSON format emits them as top-level
-keys, the text format appends them as key=value pairs.
+keys, the text format appends them as key=value pairs. `instance` and `term`
+need not be passed: the supervisor binds the instance for the whole process
+and the lock holder binds the term around its workers (context variables,
+which trio tasks inherit from the task that starts them), and every record
+logged under them carries both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 KEYS = ("instance", "term", "job_id", "batch_id", "attempt", "sleep_s", "error")
+
+
+_BOUND: dict[str, ContextVar[object | None]] = {
+    "instance": ContextVar("instance", default=None),
+    "term": ContextVar("term", default=None),
+}
+
+
+@contextlib.contextmanager
+def bound(key: str, value: object) -> Iterator[None]:
+    """Records logged inside (in this task and tasks it starts) carry
+    `key=value` unless they name `key` themselves."""
+    token = _BOUND[key].set(value)
+    try:
+        yield
+    finally:
+        _BOUND[key].reset(token)
+
+
+class BoundFields(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, variable in _BOUND.items():
+            value = variable.get()
+            if value is not None and not hasattr(record, key):
+                setattr(record, key, value)
+        return True
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
@@ -46,6 +79,7 @@ class TextFormatter(logging.Formatter):
 def configure(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(BoundFields())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -72,6 +72,8 @@ def exported_samples(exposition: str) -> set[str]:
     }
     names = set()
     for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", exposition, re.M):
+        if kind == "counter" and name.endswith("_total"):
+            name = name.removesuffix("_total")
         names.update(name + suffix for suffix in suffixes.get(kind, ("",)))
     return names
 

@@ -33,6 +33,7 @@ from batchwarden.actors.messages import CallbackDue
 from batchwarden.callback_urls import CallbackPolicy, CallbackRefused, Destination
 from batchwarden.store.pipeline import Callback
 from batchwarden.supervisor.leadership import LeaderContext
+from batchwarden.telemetry.tracing import tracer
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,18 @@ async def _deliver(
     limiter: trio.CapacityLimiter,
     callback: Callback,
 ) -> None:
-    async with limiter:
-        started = time.perf_counter()
-        status_code, error, retry_after = await sender.post(callback)
-        duration = time.perf_counter() - started
     attempt = callback.attempts + 1
+    attributes = {
+        "batchwarden.job_id": callback.job_id,
+        "batchwarden.webhook_id": callback.id,
+        "batchwarden.attempt": attempt,
+    }
+    span = tracer.start_as_current_span("batchwarden.callback", attributes=attributes)
+    async with limiter:
+        with span:
+            started = time.perf_counter()
+            status_code, error, retry_after = await sender.post(callback)
+            duration = time.perf_counter() - started
     next_at = _next_attempt(context, attempt, retry_after)
     status = await context.store.record_attempt(
         callback,
@@ -84,6 +92,9 @@ async def _deliver(
         next_attempt_at=next_at,
         term=context.term,
     )
+    if status == "delivered":
+        waited = datetime.now(UTC) - callback.created_at
+        context.metrics.callback_delivery.observe(waited.total_seconds())
     context.metrics.callbacks.labels(status).inc()
     extra = {"job_id": callback.job_id, "attempt": attempt}
     if status == "delivered":

@@ -27,6 +27,7 @@ from batchwarden.providers.anthropic import (
 )
 from batchwarden.store.records import ProviderBatch, ResultRow
 from batchwarden.supervisor.leadership import LeaderContext
+from batchwarden.telemetry.tracing import tracer
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +66,23 @@ async def ingest(
     """Stream and store at once: one task reads the next chunk while the
     other writes the last; the channel between them holds one chunk."""
     send, receive = trio.open_memory_channel[list[ResultRow]](1)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_read_chunks, provider, batch, context, send)
-        async with receive:
-            async for chunk in receive:
-                await _store(context, batch, chunk, last=False)
-    ended = await _store(context, batch, [], last=True)
+    attributes = {
+        "batchwarden.job_id": batch.job_id,
+        "batchwarden.provider_batch_id": batch.provider_batch_id,
+    }
+    with tracer.start_as_current_span("batchwarden.ingest", attributes=attributes):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_chunks, provider, batch, context, send)
+            async with receive:
+                async for chunk in receive:
+                    await _store(context, batch, chunk, last=False)
+        ended = await _store(context, batch, [], last=True)
     if ended is not None and ended.callback:
         # A poke already waiting is enough: the sender will look anyway.
         with suppress(trio.WouldBlock):
             callbacks.send_nowait(CallbackDue())
     if ended is not None:
+        context.metrics.job_transitions.labels(ended.status.value).inc()
         log.info("job ended: %s", ended.status.value, extra={"job_id": ended.job_id})
 
 

@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
+from batchwarden import logs
 from batchwarden.config import Settings
 from batchwarden.errors import RetryLater, StepDown
 from batchwarden.store import SqlStore
@@ -118,18 +119,21 @@ class LockHolder:
             deadline=lock.started + self.timing.trust_window_s
         )
         reasons: list[str] = []
-        async with trio.open_nursery() as nursery:
+        # Every record the workers log carries the term (`logs.bound`).
+        with logs.bound("term", term):
+            async with trio.open_nursery() as nursery:
 
-            async def heartbeats() -> None:
-                reasons.append(await self._heartbeats(lock.session, worker_scope))
-                nursery.cancel_scope.cancel()
+                async def heartbeats() -> None:
+                    session = lock.session
+                    reasons.append(await self._heartbeats(session, worker_scope))
+                    nursery.cancel_scope.cancel()
 
-            async def workers() -> None:
-                reasons.append(await self._workers(term, worker_scope))
-                nursery.cancel_scope.cancel()
+                async def workers() -> None:
+                    reasons.append(await self._workers(term, worker_scope))
+                    nursery.cancel_scope.cancel()
 
-            nursery.start_soon(heartbeats)
-            nursery.start_soon(workers)
+                nursery.start_soon(heartbeats)
+                nursery.start_soon(workers)
         return reasons[0] if reasons else "shutdown"
 
     async def _heartbeats(

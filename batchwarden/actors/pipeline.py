@@ -2,6 +2,7 @@
 
     reaper --SubmitJob--> submitter --(provider batches)--> poller
     poller --FetchResults (bounded)--> item fetcher --CallbackDue--> sender
+    census (jobs by status, for the metrics)
 
 Each channel is bounded; its depth is a metric.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import trio
 
 from batchwarden.actors.callback_sender import callback_sender
+from batchwarden.actors.census import census
 from batchwarden.actors.fetcher import fetcher
 from batchwarden.actors.messages import CallbackDue, FetchQueue, FetchResults, SubmitJob
 from batchwarden.actors.poller import poller
@@ -30,6 +32,7 @@ def provider_for(context: LeaderContext) -> AnthropicProvider:
         base_url=settings.provider_url,
         api_key=key.reveal() if key is not None else None,
         timeout_s=settings.provider_timeout,
+        metrics=context.metrics,
     )
 
 
@@ -48,3 +51,4 @@ async def pipeline(context: LeaderContext) -> None:
         nursery.start_soon(poller, context, provider, queue)
         nursery.start_soon(fetcher, context, provider, fetch_receive, queue, poke_send)
         nursery.start_soon(callback_sender, context, poke_receive)
+        nursery.start_soon(census, context)

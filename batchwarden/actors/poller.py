@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from datetime import timedelta
 
 import trio
@@ -34,6 +35,7 @@ from batchwarden.store.pipeline import PollUpdate
 from batchwarden.store.queries import now
 from batchwarden.store.records import ProviderBatch
 from batchwarden.supervisor.leadership import LeaderContext
+from batchwarden.telemetry.tracing import tracer
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,17 @@ async def poller(
 async def poll_cycle(
     context: LeaderContext, provider: AnthropicProvider, fetch: FetchQueue
 ) -> None:
+    """One cycle, in a span whose children are its provider calls."""
+    started = time.perf_counter()
+    with tracer.start_as_current_span("batchwarden.poll_cycle") as span:
+        polled = await _cycle(context, provider, fetch)
+        span.set_attribute("batchwarden.batches", polled)
+    context.metrics.poll_cycle.observe(time.perf_counter() - started)
+
+
+async def _cycle(
+    context: LeaderContext, provider: AnthropicProvider, fetch: FetchQueue
+) -> int:
     store = context.store
     await _carry_out_cancels(context, provider)
     batches = await store.open_batches(limit=CYCLE_LIMIT)
@@ -64,6 +77,7 @@ async def poll_cycle(
             await _not_found(context, batch)
     for batch in await store.unfetched_batches():
         await fetch.send(batch)
+    return len(batches)
 
 
 async def _retrieve_all(
@@ -111,6 +125,7 @@ async def _not_found(context: LeaderContext, batch: ProviderBatch) -> None:
         extra={"job_id": batch.job_id, "batch_id": batch.provider_batch_id},
     )
     await context.store.vanish(batch.id, batch.job_id, term=context.term)
+    context.metrics.job_transitions.labels("failed").inc()
 
 
 async def _carry_out_cancels(

@@ -65,6 +65,7 @@ async def submitter(
     backoff = Backoff()
     while True:
         jobs = await store.claim_jobs(term=term, limit=CLAIM_LIMIT)
+        context.metrics.job_transitions.labels("pending").inc(len(jobs))
         jobs += [await store.get_job(m.job_id) for m in _drain(reclaimed)]
         for job in jobs:
             await _submit_until_done(context, provider, job, backoff)
@@ -95,6 +96,7 @@ async def _submit_until_done(
         except ProviderRejected as exc:
             log.warning("provider rejected job: %s", exc, extra={"job_id": job.id})
             await context.store.fail_job(job.id, str(exc), term=context.term)
+            context.metrics.job_transitions.labels("failed").inc()
             return
         except ProviderUnavailable as exc:
             delay = backoff.next(exc.retry_after_s)
@@ -111,6 +113,7 @@ async def submit(context: LeaderContext, provider: AnthropicProvider, job: Job) 
     store, term, settings = context.store, context.term, context.settings
     if job.cancel_requested_at is not None:
         await store.cancel_pending(job.id, term=term)
+        context.metrics.job_transitions.labels("cancelled").inc()
         return
     sizes = await store.item_sizes(job.id)
     parts = plan_parts(sizes, settings.batch_max_requests, settings.batch_max_bytes)
@@ -140,6 +143,8 @@ async def submit(context: LeaderContext, provider: AnthropicProvider, job: Job) 
             last=index == len(parts) - 1,
             term=term,
         )
+        if index == len(parts) - 1:
+            context.metrics.job_transitions.labels("running").inc()
         log.info(
             "created provider batch %s (%d items)",
             state.id,

@@ -20,6 +20,7 @@ from batchwarden.callback_urls import CallbackPolicy
 from batchwarden.config import Settings
 from batchwarden.states import JobStatus
 from batchwarden.store import SqlStore
+from batchwarden.telemetry.tracing import tag_job
 
 JOB_ID = r"^job_[0-9a-z]{26}$"
 MAX_PAGE = 1000
@@ -61,6 +62,7 @@ def jobs_router(store: SqlStore, settings: Settings) -> APIRouter:
             )
         else:
             job, created = await service.create_job(store, body.requests, **options)
+        tag_job(job.id)
         if not created:
             response.headers["idempotent-replayed"] = "true"
         return service.job_document(await store.job_detail(job.id))
@@ -92,6 +94,7 @@ def jobs_router(store: SqlStore, settings: Settings) -> APIRouter:
         summary="Show one job",
     )
     async def get_job(job_id: str) -> dict:
+        tag_job(job_id)
         return service.job_document(await store.job_detail(job_id))
 
     @router.get(
@@ -107,6 +110,7 @@ def jobs_router(store: SqlStore, settings: Settings) -> APIRouter:
         summary="Download a job's items as JSON lines",
     )
     async def job_results(job_id: str) -> StreamingResponse:
+        tag_job(job_id)
         await store.get_job(job_id)
         return StreamingResponse(
             _result_lines(store, job_id), media_type="application/x-ndjson"
@@ -121,6 +125,7 @@ def jobs_router(store: SqlStore, settings: Settings) -> APIRouter:
     async def cancel_job(job_id: str) -> dict:
         """A job not yet submitted ends `cancelled` at once; otherwise the
         leader cancels its provider batches and keeps the results so far."""
+        tag_job(job_id)
         job = await service.cancel_job(store, job_id)
         return service.job_document(await store.job_detail(job.id))
 

@@ -18,8 +18,10 @@ orjson: the SDK's per-line models cost ten times more than `json.loads`, and
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -28,10 +30,14 @@ import anthropic
 import httpx2
 import orjson
 import trio
+from opentelemetry import trace
+from opentelemetry.trace import StatusCode
 
 from batchwarden.errors import Rejected, RetryLater
 from batchwarden.states import ItemStatus
 from batchwarden.store.records import USAGE_KINDS, ResultRow, Usage
+from batchwarden.telemetry.metrics import Metrics
+from batchwarden.telemetry.tracing import tracer
 
 T = TypeVar("T")
 
@@ -65,9 +71,15 @@ class BatchState:
 
 class AnthropicProvider:
     def __init__(
-        self, *, base_url: str | None, api_key: str | None, timeout_s: float = 60.0
+        self,
+        *,
+        base_url: str | None,
+        api_key: str | None,
+        timeout_s: float = 60.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.timeout_s = timeout_s
+        self.metrics = metrics
         self._client = anthropic.AsyncAnthropic(
             base_url=base_url,
             api_key=api_key or "missing-key",
@@ -77,20 +89,29 @@ class AnthropicProvider:
 
     async def create(self, requests: list[dict[str, Any]]) -> BatchState:
         batches = self._client.messages.batches
-        return _state(await self._call(lambda: batches.create(requests=requests)))
+        with self._observed("create", None):
+            return _state(await self._call(lambda: batches.create(requests=requests)))
 
     async def retrieve(self, batch_id: str) -> BatchState:
         batches = self._client.messages.batches
-        return _state(await self._call(lambda: batches.retrieve(batch_id)))
+        with self._observed("retrieve", batch_id):
+            return _state(await self._call(lambda: batches.retrieve(batch_id)))
 
     async def cancel(self, batch_id: str) -> BatchState:
         batches = self._client.messages.batches
-        return _state(await self._call(lambda: batches.cancel(batch_id)))
+        with self._observed("cancel", batch_id):
+            return _state(await self._call(lambda: batches.cancel(batch_id)))
 
     async def results(self, batch_id: str) -> AsyncIterator[ResultRow]:
         """The batch's results, one row at a time, as they arrive. A broken
         stream raises ProviderUnavailable; each line is checked."""
         streaming = self._client.messages.batches.with_streaming_response
+        # Not the current span: a generator's context is its consumer's.
+        with self._observed("results", batch_id, current=False):
+            async for row in self._stream(streaming, batch_id):
+                yield row
+
+    async def _stream(self, streaming: Any, batch_id: str) -> AsyncIterator[ResultRow]:
         try:
             with trio.fail_after(self.timeout_s):
                 opened = streaming.results(batch_id)
@@ -107,6 +128,33 @@ class AnthropicProvider:
         except Exception as exc:
             raise _translate(exc) from None
 
+    @contextlib.contextmanager
+    def _observed(
+        self, operation: str, batch_id: str | None, *, current: bool = True
+    ) -> Iterator[None]:
+        """A span and a duration sample for one provider call, with the
+        outcome the caller acts on (a cancelled call records neither)."""
+        attributes = {"batchwarden.provider_batch_id": batch_id} if batch_id else {}
+        name = f"provider.{operation}"
+        span = tracer.start_span(name, attributes=attributes)
+        started = time.perf_counter()
+        outcome = None
+        try:
+            with _current(span) if current else contextlib.nullcontext():
+                yield
+            outcome = "success"
+        except Exception as exc:
+            outcome = _outcome(exc)
+            span.set_status(StatusCode.ERROR, str(exc)[:200])
+            raise
+        finally:
+            span.end()
+            if self.metrics is not None and outcome is not None:
+                elapsed = time.perf_counter() - started
+                self.metrics.provider_request.labels(operation, outcome).observe(
+                    elapsed
+                )
+
     async def _call(self, call: Callable[[], Any]) -> Any:
         try:
             with trio.fail_after(self.timeout_s + 1):
@@ -115,6 +163,22 @@ class AnthropicProvider:
             raise ProviderUnavailable("the provider did not answer in time") from None
         except Exception as exc:
             raise _translate(exc) from None
+
+
+def _outcome(exc: Exception) -> str:
+    if isinstance(exc, BatchNotFound):
+        return "not_found"
+    if isinstance(exc, ProviderRejected):
+        return "rejected"
+    return "unavailable"
+
+
+def _current(span: trace.Span):
+    """Make `span` the parent of spans opened inside; errors are recorded by
+    the caller, and a cancellation (shutdown) is not one."""
+    return trace.use_span(
+        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+    )
 
 
 def _translate(exc: Exception) -> Exception:

@@ -46,6 +46,7 @@ from batchwarden.store.records import (
     Job,
     JobDetail,
     Leader,
+    PoolStats,
     ProviderBatch,
     ResultRow,
     WriteOutcome,
@@ -68,6 +69,10 @@ class SqlStore:
         raise NotImplementedError
 
     async def _run(self, work: Callable[[Tx], T], *, write: bool) -> T:
+        raise NotImplementedError
+
+    def pool_stats(self) -> PoolStats:
+        """Connections open, in use and allowed, for the metrics."""
         raise NotImplementedError
 
     async def _fenced(self, term: int, work: Callable[[Tx], T]) -> T:

@@ -21,6 +21,7 @@ from batchwarden.store.queries import (
     BATCH_COLUMNS,
     JOB_COLUMNS,
     append_results,
+    as_datetime,
     batch_from_row,
     check_job_id,
     job_from_row,
@@ -29,10 +30,17 @@ from batchwarden.store.queries import (
     read_detail,
     read_job,
 )
-from batchwarden.store.records import Job, ProviderBatch, ResultRow, WriteOutcome
+from batchwarden.store.records import (
+    Job,
+    JobCensus,
+    ProviderBatch,
+    ResultRow,
+    WriteOutcome,
+)
 from batchwarden.store.tx import Tx
 
 _SUBMITTED = (JobStatus.PENDING.value, JobStatus.RUNNING.value)
+_OPEN = (JobStatus.CREATED.value, *_SUBMITTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +62,7 @@ class Callback:
     url: str
     payload: str
     attempts: int
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +298,26 @@ class PipelineStore(SqlStore):
 
         return await self._fenced(term, write)
 
+    async def job_census(self) -> JobCensus:
+        """Jobs by status, and how long the oldest job of each open status
+        has waited since it last changed: one index scan and a few rows."""
+
+        def census(tx: Tx) -> JobCensus:
+            counts = dict(tx.all("SELECT status, count(*) FROM jobs GROUP BY status"))
+            waiting = tx.all(
+                "SELECT status, min(updated_at) FROM jobs"
+                " WHERE status IN (%s, %s, %s) GROUP BY status",
+                _OPEN,
+            )
+            stamp = now()
+            oldest = dict.fromkeys(_OPEN, 0.0)
+            for status, since in waiting:
+                oldest[status] = (stamp - as_datetime(since)).total_seconds()
+            by_status = {status.value: 0 for status in JobStatus} | counts
+            return JobCensus(by_status, oldest)
+
+        return await self._run(census, write=False)
+
     # -- callbacks -----------------------------------------------------------------
 
     async def lease_callbacks(
@@ -302,10 +331,10 @@ class PipelineStore(SqlStore):
                 "UPDATE callbacks SET lease_term = %s, next_attempt_at = %s"
                 " WHERE id IN (SELECT id FROM callbacks WHERE status = 'pending'"
                 " AND next_attempt_at <= %s ORDER BY next_attempt_at LIMIT %s)"
-                " RETURNING id, job_id, url, payload, attempts",
+                " RETURNING id, job_id, url, payload, attempts, created_at",
                 (term, stamp + timedelta(seconds=lease_s), stamp, limit),
             )
-            return [Callback(*row) for row in rows]
+            return [Callback(*row[:5], as_datetime(row[5])) for row in rows]
 
         return await self._fenced(term, lease)
 

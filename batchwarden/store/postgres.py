@@ -26,6 +26,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from batchwarden.errors import StoreUnavailable
 from batchwarden.store.pipeline import PipelineStore
+from batchwarden.store.records import PoolStats
 from batchwarden.store.tx import Tx
 
 log = logging.getLogger(__name__)
@@ -158,8 +159,10 @@ class PostgresStore(PipelineStore):
 
         return await self._run(terminate, write=True)
 
-    def pool_stats(self) -> dict[str, int]:
-        return self._pool.get_stats()
+    def pool_stats(self) -> PoolStats:
+        stats = self._pool.get_stats()
+        in_use = int(self._limiter.borrowed_tokens)
+        return PoolStats(stats.get("pool_size", 0), in_use, stats["pool_max"])
 
     async def _run(self, work: Callable[[Tx], T], *, write: bool) -> T:
         running = _Running()

@@ -118,3 +118,20 @@ class Leader:
     holder: str | None
     term: int
     since: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """The store's database connections: open, in use, and the most allowed."""
+
+    size: int
+    in_use: int
+    max: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobCensus:
+    """Jobs by status, and the age of the oldest in each open status."""
+
+    counts: dict[str, int]
+    oldest_s: dict[str, float]

@@ -23,6 +23,7 @@ import trio
 
 from batchwarden.errors import StoreUnavailable
 from batchwarden.store.pipeline import PipelineStore
+from batchwarden.store.records import PoolStats
 from batchwarden.store.tx import Tx
 
 T = TypeVar("T")
@@ -96,6 +97,9 @@ class SqliteStore(PipelineStore):
     async def close(self) -> None:
         async with self._limiter:
             self._connection.close()
+
+    def pool_stats(self) -> PoolStats:
+        return PoolStats(1, int(self._limiter.borrowed_tokens), 1)
 
     async def _run(self, work: Callable[[Tx], T], *, write: bool) -> T:
         try:

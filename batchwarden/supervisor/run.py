@@ -23,6 +23,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from batchwarden import logs
 from batchwarden.actors.lock_holder import LockHolder
 from batchwarden.actors.lock_retry import lock_retry
 from batchwarden.actors.pipeline import pipeline
@@ -73,7 +74,8 @@ async def run(
     await store.open()
     try:
         await store.migrate()
-        await _supervise(settings, store, timing, actors, announce, task_status)
+        with logs.bound("instance", settings.instance_id):
+            await _supervise(settings, store, timing, actors, announce, task_status)
     finally:
         with trio.CancelScope(shield=True):
             await store.close()
@@ -88,6 +90,7 @@ async def _supervise(
     task_status: trio.TaskStatus[str],
 ) -> None:
     metrics = Metrics()
+    metrics.watch_pool(store.pool_stats)
     leadership = Leadership(settings.instance_id, metrics)
     stopping = trio.Event()
     actors = [pipeline, *actors]

@@ -7,19 +7,31 @@ names in INTERFACE.md are a public contract.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     Info,
+    disable_created_metrics,
     generate_latest,
 )
 
 from batchwarden import __version__
 
+if TYPE_CHECKING:
+    from batchwarden.store.records import PoolStats
+
+# `_created` series double the count of series for no use on a dashboard.
+disable_created_metrics()
+
 FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+CALL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+DELIVERY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
 class Metrics:
@@ -70,6 +82,58 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.poll_cycle = Histogram(
+            "batchwarden_poll_cycle_seconds",
+            "duration of each poll cycle (read, retrieve all, write)",
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.provider_request = Histogram(
+            "batchwarden_provider_request_seconds",
+            "duration of provider calls, by operation and outcome",
+            ["operation", "outcome"],
+            buckets=CALL_BUCKETS,
+            registry=registry,
+        )
+        self.jobs = Gauge(
+            "batchwarden_jobs",
+            "jobs by status, read from the database by the leader",
+            ["status"],
+            registry=registry,
+        )
+        self.oldest_job_age = Gauge(
+            "batchwarden_oldest_job_age_seconds",
+            "time since the oldest job in an open status last changed (leader)",
+            ["status"],
+            registry=registry,
+        )
+        self.job_transitions = Counter(
+            "batchwarden_job_transitions",
+            "job status changes made by the leader, by new status",
+            ["status"],
+            registry=registry,
+        )
+        self.callback_delivery = Histogram(
+            "batchwarden_callback_delivery_seconds",
+            "from a job's end to its callback's delivery",
+            buckets=DELIVERY_BUCKETS,
+            registry=registry,
+        )
+        self.db_pool_size = Gauge(
+            "batchwarden_db_pool_size",
+            "database connections open",
+            registry=registry,
+        )
+        self.db_pool_in_use = Gauge(
+            "batchwarden_db_pool_in_use",
+            "database connections in use",
+            registry=registry,
+        )
+        self.db_pool_max = Gauge(
+            "batchwarden_db_pool_max",
+            "most database connections the pool opens",
+            registry=registry,
+        )
         self.channel_depth = Gauge(
             "batchwarden_channel_depth",
             "messages waiting in an actor channel",
@@ -88,6 +152,17 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def watch_pool(self, stats: Callable[[], PoolStats]) -> None:
+        """Report the store's connection pool at each scrape."""
+        self.db_pool_size.set_function(lambda: stats().size)
+        self.db_pool_in_use.set_function(lambda: stats().in_use)
+        self.db_pool_max.set_function(lambda: stats().max)
+
+    def forget_jobs(self) -> None:
+        """A follower reports no job census (the leader does)."""
+        self.jobs.clear()
+        self.oldest_job_age.clear()
 
     def watch_channel(self, name: str, channel) -> None:
         """Report a trio memory channel's depth at each scrape."""
