@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
 import re
+import threading
 import time
 
 import httpx
@@ -165,3 +167,55 @@ async def test_spans_form_the_tree_of_a_job(nursery, sqlite_url, span_exporter):
 
 def named(exporter: InMemorySpanExporter, name: str) -> list:
     return [span for span in exporter.get_finished_spans() if span.name == name]
+
+
+class Collector(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP endpoint that keeps every body it is sent."""
+
+    bodies: list[bytes] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+        length = int(self.headers.get("content-length", 0))
+        Collector.bodies.append((self.path, self.rfile.read(length)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_spans_are_exported_over_otlp_only_when_an_endpoint_is_set(
+    sqlite_url, mock_url, monkeypatch
+):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Collector.bodies = []
+    flags = ("--provider-url", mock_url, "--anthropic-api-key", "k")
+    flags += ("--poll-interval", "0.2")
+    try:
+        quiet = Replica(sqlite_url, "quiet", *flags, probe=False)
+        job = httpx.post(f"{quiet.url}/v1/jobs", json=job_body(5)).json()
+        wait_until(lambda: httpx.get(f"{quiet.url}/v1/jobs/{job['id']}").json()
+                   ["status"] == "completed")  # fmt: skip
+        quiet.stop()
+        assert Collector.bodies == []
+
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
+        traced = Replica(sqlite_url, "traced", *flags, probe=False)
+        try:
+            job = httpx.post(f"{traced.url}/v1/jobs", json=job_body(5)).json()
+            sent = wait_until(lambda: b"".join(b for _, b in Collector.bodies))
+            wait_until(lambda: b"batchwarden.ingest" in b"".join(
+                b for _, b in Collector.bodies))  # fmt: skip
+        finally:
+            traced.stop()
+        paths = {path for path, _ in Collector.bodies}
+        assert paths == {"/v1/traces"}
+        assert b"batchwarden.poll_cycle" in sent or b"provider." in sent
+        assert job["id"].encode() in b"".join(b for _, b in Collector.bodies)
+    finally:
+        server.shutdown()

@@ -31,7 +31,7 @@ import httpx2
 import orjson
 import trio
 from opentelemetry import trace
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 from batchwarden.errors import Rejected, RetryLater
 from batchwarden.states import ItemStatus
@@ -85,6 +85,9 @@ class AnthropicProvider:
             api_key=api_key or "missing-key",
             max_retries=0,
             timeout=timeout_s,
+            # Our own span of each call carries the provider batch id; the
+            # SDK's would repeat it, at a cost on every poll.
+            open_telemetry=False,
         )
 
     async def create(self, requests: list[dict[str, Any]]) -> BatchState:
@@ -136,7 +139,7 @@ class AnthropicProvider:
         outcome the caller acts on (a cancelled call records neither)."""
         attributes = {"batchwarden.provider_batch_id": batch_id} if batch_id else {}
         name = f"provider.{operation}"
-        span = tracer.start_span(name, attributes=attributes)
+        span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
         started = time.perf_counter()
         outcome = None
         try:
