@@ -299,7 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
 async def _run_verb(args: argparse.Namespace, settings: Settings) -> int | None:
     migrate = args.verb != "migrate"
     async with open_store(
-        settings.database_url, instance_id=settings.instance_id, migrate=migrate
+        settings.database_url,
+        instance_id=settings.instance_id,
+        migrate=migrate,
+        prices=settings.prices,
     ) as store:
         return await args.handler(args, store, settings)
 

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from batchwarden.errors import ConfigError
+from batchwarden.pricing import NO_PRICES, PriceTable, parse_prices
 
 PREFIX = "BATCHWARDEN_"
 HOST_NAME = re.compile(r"^[A-Za-z0-9.:_-]{1,253}$")
@@ -163,6 +164,7 @@ class Settings:
     callback_backoff: float = 1.0
     callback_max_attempts: int = 8
     max_body_bytes: int = 256_000_000
+    prices: PriceTable = NO_PRICES
 
     def __repr__(self) -> str:
         return f"Settings({self.public()!r})"
@@ -215,6 +217,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "callback_backoff": _positive_float,
     "callback_max_attempts": _positive_int,
     "max_body_bytes": _positive_int,
+    "prices": parse_prices,
 }
 
 

@@ -28,6 +28,7 @@ from batchwarden.intake import Request
 from batchwarden.mockprovider import Behaviour, Duration, MockProvider, serve_mock
 from batchwarden.mockprovider.http import Request as HttpRequest
 from batchwarden.mockprovider.http import Response, serve
+from batchwarden.pricing import Price, PriceTable
 from batchwarden.progress import follow, outcome_line
 from batchwarden.store import SqlStore, open_store
 from batchwarden.supervisor import run as supervisor
@@ -35,6 +36,9 @@ from batchwarden.supervisor import run as supervisor
 # The receiver runs on this machine, an address callbacks may not reach
 # unless allowed.
 ALLOWLIST = ("127.0.0.1",)
+# Example batch prices (USD per million tokens) so the demo can show a cost;
+# batchwarden ships no prices: set PRICES for yours.
+EXAMPLE_PRICES = PriceTable({"claude-sonnet-4-5": Price(1.5, 7.5, 1.875, 0.15)})
 TOPICS = ("tides", "photosynthesis", "binary heaps", "the Doppler effect", "TCP")
 
 
@@ -100,9 +104,11 @@ async def _demo(folder: Path, items: int) -> int:
             instance_id="demo",
             batch_max_requests=50,
             callback_allowlist=ALLOWLIST,
+            prices=EXAMPLE_PRICES,
         )
         nursery.start_soon(partial(supervisor.run, settings, announce=False))
-        async with open_store(database, instance_id="demo-client") as store:
+        client = open_store(database, instance_id="demo-client", prices=EXAMPLE_PRICES)
+        async with client as store:
             code = await _follow(store, receiver, receiver_port, folder, items)
         nursery.cancel_scope.cancel()
     return code
@@ -135,6 +141,7 @@ async def _follow(
     )
     usage = detail.usage
     say(f"tokens: {usage.input_tokens} in, {usage.output_tokens} out")
+    say(f"cost: ${detail.cost['total']:.4f} at example batch prices")
     results = folder / "results.jsonl"
     with results.open("w") as out:
         async for item in store.iter_items(job.id):

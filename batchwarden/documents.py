@@ -42,6 +42,8 @@ def job_document(detail: JobDetail) -> dict[str, Any]:
         "request_counts": {s.value: n for s, n in detail.item_counts.items()},
         "provider_batches": [_batch_document(b) for b in detail.provider_batches],
         "usage": detail.usage.as_dict(),
+        "usage_by_model": {m: u.as_dict() for m, u in detail.usage_by_model.items()},
+        "cost": detail.cost,
         "metadata": job.metadata,
         "error": job.error,
         "callback_url": job.callback_url,

@@ -14,6 +14,7 @@ from batchwarden.actors import poller
 from batchwarden.config import Secret
 from batchwarden.intake import MAX_REQUESTS
 from batchwarden.mockprovider import Duration
+from batchwarden.pricing import Price, PriceTable
 from tests.harness import Harness, requests
 
 TOKEN = "tok-7a1f0c"
@@ -347,3 +348,25 @@ async def test_a_bad_provider_batch_id_is_a_422(api, document, problem):
     response = await api.post("/v1/jobs", json=document)
     assert response.status_code == 422
     assert problem in "\n".join(problems(response))
+
+
+async def test_a_jobs_tokens_and_cost_match_the_providers_usage(harness):
+    prices = PriceTable({"claude-sonnet-4-5": Price(1.5, 7.5, 1.875, 0.15)})
+    url = await harness.serve(prices=prices)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        created = (await client.post("/v1/jobs", json=body(200))).json()
+        done = await wait_status(client, created["id"], "completed")
+    expected = dict.fromkeys(done["usage"], 0)
+    for batch in done["provider_batches"]:
+        mock_batch = harness.provider.batches[batch["id"]]
+        for index in range(len(mock_batch)):
+            record = mock_batch.record(index)
+            if record["outcome"] == "succeeded":
+                expected["input_tokens"] += record["input_tokens"]
+                expected["output_tokens"] += record["output_tokens"]
+    assert done["usage"] == expected and expected["output_tokens"] > 0
+    assert done["usage_by_model"] == {"claude-sonnet-4-5": expected}
+    dollars = (expected["input_tokens"] * 1.5 + expected["output_tokens"] * 7.5) / 1e6
+    assert done["cost"]["total"] == pytest.approx(dollars, abs=1e-6)
+    assert done["cost"]["by_model"] == {"claude-sonnet-4-5": done["cost"]["total"]}
+    assert done["cost"]["currency"] == "USD" and done["cost"]["unpriced_models"] == []

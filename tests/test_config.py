@@ -38,6 +38,10 @@ def test_flags_win_over_the_environment():
         ("ITEM_MAX_ATTEMPTS", "-1", "BATCHWARDEN_ITEM_MAX_ATTEMPTS must be a whole"),
         ("CALLBACK_ALLOWLIST", "10.0.0.0/33", "BATCHWARDEN_CALLBACK_ALLOWLIST '10.0"),
         ("CALLBACK_ALLOWLIST", "a b", "BATCHWARDEN_CALLBACK_ALLOWLIST 'a b' is not"),
+        ("PRICES", "{", "BATCHWARDEN_PRICES is not valid JSON"),
+        ("PRICES", '{"m": {"input": 1}}', "BATCHWARDEN_PRICES m.output: missing"),
+        ("PRICES", '{"m": {"input": 1, "output": -2}}', "BATCHWARDEN_PRICES m.output"),
+        ("PRICES", "@/no/such/file", "BATCHWARDEN_PRICES cannot read /no/such/file"),
     ],
 )
 def test_a_bad_value_names_its_setting(name, value, message):

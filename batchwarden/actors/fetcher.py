@@ -25,7 +25,8 @@ from batchwarden.providers.anthropic import (
     BatchNotFound,
     ProviderUnavailable,
 )
-from batchwarden.store.records import ProviderBatch, ResultRow
+from batchwarden.states import ItemStatus
+from batchwarden.store.records import ProviderBatch, ResultRow, Usage
 from batchwarden.supervisor.leadership import LeaderContext
 from batchwarden.telemetry.tracing import tracer
 
@@ -104,6 +105,21 @@ async def _read_chunks(
             await send.send(chunk)
 
 
+def _count_tokens(context: LeaderContext, chunk: list[ResultRow], stored: int) -> None:
+    """Tokens of the rows just stored (a repeated fetch stores none)."""
+    if not stored:
+        return
+    by_model: dict[str, Usage] = {}
+    for row in chunk:
+        if row.status is ItemStatus.SUCCEEDED:
+            model = row.model or "unknown"
+            by_model[model] = by_model.get(model, Usage()) + row.usage
+    for model, usage in by_model.items():
+        for kind, tokens in usage.as_dict().items():
+            if tokens:
+                context.metrics.tokens.labels(model, kind).inc(tokens)
+
+
 async def _store(context: LeaderContext, batch: ProviderBatch, chunk, *, last: bool):
     outcome, ended = await context.store.store_results(
         batch, chunk, last=last, term=context.term
@@ -111,6 +127,7 @@ async def _store(context: LeaderContext, batch: ProviderBatch, chunk, *, last: b
     counter = context.metrics.items_ingested
     for status, count in Counter(row.status.value for row in chunk).items():
         counter.labels(status).inc(count)
+    _count_tokens(context, chunk, outcome.stored)
     if outcome.unknown:
         log.warning(
             "%d results for custom_ids the job lacks were dropped",

@@ -41,6 +41,13 @@ class Callback(BaseModel):
     delivered_at: str | None
 
 
+class Cost(BaseModel):
+    currency: str
+    total: float
+    by_model: dict[str, float]
+    unpriced_models: list[str]
+
+
 class JobSummary(BaseModel):
     id: str
     status: JobStatus
@@ -54,6 +61,8 @@ class JobDocument(JobSummary):
     request_counts: dict[ItemStatus, int]
     provider_batches: list[ProviderBatch]
     usage: Usage
+    usage_by_model: dict[str, Usage]
+    cost: Cost | None
     metadata: dict[str, Any]
     error: str | None
     callback_url: str | None

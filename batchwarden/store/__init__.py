@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from batchwarden.pricing import NO_PRICES, PriceTable
 from batchwarden.store.base import SqlStore
 from batchwarden.store.postgres import PostgresStore
 from batchwarden.store.sqlite import SqliteStore
@@ -14,19 +15,26 @@ from batchwarden.store.sqlite import SqliteStore
 __all__ = ["PostgresStore", "SqlStore", "SqliteStore", "connect", "open_store"]
 
 
-def connect(url: str, *, instance_id: str) -> SqlStore:
+def connect(url: str, *, instance_id: str, prices: PriceTable = NO_PRICES) -> SqlStore:
     """A store for a `postgresql://` or `sqlite:///` URL, not yet opened."""
     if url.startswith("sqlite:///"):
-        return SqliteStore(url.removeprefix("sqlite:///"))
-    return PostgresStore(url, instance_id=instance_id)
+        store: SqlStore = SqliteStore(url.removeprefix("sqlite:///"))
+    else:
+        store = PostgresStore(url, instance_id=instance_id)
+    store.prices = prices
+    return store
 
 
 @asynccontextmanager
 async def open_store(
-    url: str, *, instance_id: str, migrate: bool = True
+    url: str,
+    *,
+    instance_id: str,
+    migrate: bool = True,
+    prices: PriceTable = NO_PRICES,
 ) -> AsyncIterator[SqlStore]:
     """An open store, migrated unless told otherwise, closed on exit."""
-    store = connect(url, instance_id=instance_id)
+    store = connect(url, instance_id=instance_id, prices=prices)
     await store.open()
     try:
         if migrate:

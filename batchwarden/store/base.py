@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from batchwarden.errors import ConfigError, Conflict, StaleTerm
 from batchwarden.intake import Request
+from batchwarden.pricing import NO_PRICES, PriceTable
 from batchwarden.states import ItemStatus, JobStatus, sources_of
 from batchwarden.store.queries import (
     BATCH_COLUMNS,
@@ -61,6 +62,8 @@ class SqlStore:
     """The store interface; subclasses provide `_run` and `close`."""
 
     dialect: str
+    # Prices job documents (and so callbacks) show costs with; see pricing.
+    prices: PriceTable = NO_PRICES
 
     async def open(self) -> None:
         raise NotImplementedError
@@ -200,7 +203,9 @@ class SqlStore:
         return await self._run(lambda tx: read_job(tx, job_id), write=False)
 
     async def job_detail(self, job_id: str) -> JobDetail:
-        return await self._run(lambda tx: read_detail(tx, job_id), write=False)
+        return await self._run(
+            lambda tx: read_detail(tx, job_id, self.prices), write=False
+        )
 
     async def list_jobs(
         self,

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from batchwarden import ids
 from batchwarden.documents import callback_payload
+from batchwarden.pricing import PriceTable
 from batchwarden.states import ItemStatus, JobStatus
 from batchwarden.store.base import SqlStore
 from batchwarden.store.queries import (
@@ -294,7 +295,7 @@ class PipelineStore(SqlStore):
                 "UPDATE provider_batches SET results_stored_at = %s WHERE id = %s",
                 (now(), batch.id),
             )
-            return outcome, _end_job_if_done(tx, batch.job_id)
+            return outcome, _end_job_if_done(tx, batch.job_id, self.prices)
 
         return await self._fenced(term, write)
 
@@ -402,7 +403,7 @@ class PipelineStore(SqlStore):
         return await self._run(lambda tx: tx.all(sql, (callback_id,)), write=False)
 
 
-def _end_job_if_done(tx: Tx, job_id: str) -> JobEnd | None:
+def _end_job_if_done(tx: Tx, job_id: str, prices: PriceTable) -> JobEnd | None:
     waiting = tx.one(
         "SELECT count(*) FROM provider_batches WHERE job_id = %s"
         " AND results_stored_at IS NULL AND processing_status <> 'vanished'",
@@ -411,7 +412,7 @@ def _end_job_if_done(tx: Tx, job_id: str) -> JobEnd | None:
     job = read_job(tx, job_id)
     if waiting or job.status is not JobStatus.RUNNING:
         return None
-    before = read_detail(tx, job_id)
+    before = read_detail(tx, job_id, prices)
     target = _terminal_status(job, before.item_counts)
     detail = replace(before, job=move_job(tx, job_id, target, (JobStatus.RUNNING,)))
     if job.callback_url is None:

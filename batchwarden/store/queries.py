@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from batchwarden import ids
 from batchwarden.errors import Conflict, IllegalTransition, JobNotFound
+from batchwarden.pricing import NO_PRICES, PriceTable
 from batchwarden.states import ItemStatus, JobStatus
 from batchwarden.store.records import (
     USAGE_KINDS,
@@ -193,13 +194,16 @@ def move_job(
     raise IllegalTransition(job_id, current.value, target.value)
 
 
-def read_detail(tx: Tx, job_id: str) -> JobDetail:
+def read_detail(tx: Tx, job_id: str, prices: PriceTable | None = None) -> JobDetail:
     job = read_job(tx, job_id)
     counts = {status: 0 for status in ItemStatus}
     for status, count in tx.all(_LATEST_COUNTS, (job_id,)):
         counts[ItemStatus(status)] = count
     counts[ItemStatus.PENDING] = job.item_count - sum(counts.values())
-    sums = tx.one(_USAGE_SUMS, (job_id,))
+    by_model = {
+        row[0] or "unknown": Usage(*(int(value or 0) for value in row[1:]))
+        for row in tx.all(_USAGE_SUMS, (job_id,))
+    }
     batches = tx.all(
         f"SELECT {BATCH_COLUMNS} FROM provider_batches WHERE job_id = %s ORDER BY id",
         (job_id,),
@@ -207,9 +211,11 @@ def read_detail(tx: Tx, job_id: str) -> JobDetail:
     return JobDetail(
         job=job,
         item_counts=counts,
-        usage=Usage(*(int(value or 0) for value in sums)),
+        usage=sum(by_model.values(), Usage()),
         provider_batches=[batch_from_row(row) for row in batches],
         callback=read_callback(tx, job_id),
+        usage_by_model=by_model,
+        cost=(prices or NO_PRICES).cost(by_model),
     )
 
 
@@ -298,8 +304,9 @@ GROUP BY r.status
 
 # Usage counts every attempt: tokens spent on a retried item were billed too.
 _USAGE_SUMS = f"""
-SELECT {", ".join(f"sum({kind})" for kind in USAGE_KINDS)}
-FROM item_results WHERE job_id = %s
+SELECT model, {", ".join(f"sum({kind})" for kind in USAGE_KINDS)}
+FROM item_results WHERE job_id = %s AND status = 'succeeded'
+GROUP BY model
 """
 
 ITEMS_PAGE = f"""

@@ -26,6 +26,9 @@ class Usage:
     def as_dict(self) -> dict[str, int]:
         return {kind: getattr(self, kind) for kind in USAGE_KINDS}
 
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(*(getattr(self, k) + getattr(other, k) for k in USAGE_KINDS))
+
 
 @dataclass(frozen=True, slots=True)
 class Job:
@@ -81,6 +84,8 @@ class JobDetail:
     usage: Usage
     provider_batches: list[ProviderBatch]
     callback: CallbackState | None
+    usage_by_model: dict[str, Usage] = field(default_factory=dict)
+    cost: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,7 +70,9 @@ async def run(
     timing = LockTiming.from_settings(settings)
     timing.check()
     check_exposure(settings)
-    store = connect(settings.database_url, instance_id=settings.instance_id)
+    store = connect(
+        settings.database_url, instance_id=settings.instance_id, prices=settings.prices
+    )
     await store.open()
     try:
         await store.migrate()

@@ -76,6 +76,12 @@ class Metrics:
             ["status"],
             registry=registry,
         )
+        self.tokens = Counter(
+            "batchwarden_tokens",
+            "tokens reported in succeeded results, by model and kind",
+            ["model", "kind"],
+            registry=registry,
+        )
         self.callbacks = Counter(
             "batchwarden_callbacks",
             "callback delivery attempts, by outcome",
