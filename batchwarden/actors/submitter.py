@@ -8,6 +8,13 @@ after; the job moves to running in the transaction that records its last
 part. A job whose submission was interrupted (a crash, a hand-over) is
 resumed from its first part without a provider id.
 
+With `PROVIDER_QUEUE_LIMIT` set, a part is created only when the requests
+already at the provider (in provider batches still in progress) plus its own
+stay under the limit; until then the submitter waits, and the jobs behind
+it wait their turn, so jobs reach the provider in the order they arrived.
+A part is never larger than the limit. A 429 on create (the provider's
+queue is full for reasons of its own) is an outage: wait and retry.
+
 Errors: a rejection fails the job with the provider's message (parts
 already created stay listed on the job); an outage is retried with backoff
 and the provider's `retry-after`, the job staying pending meanwhile. A
@@ -27,6 +34,7 @@ import trio
 
 from batchwarden.actors.backoff import Backoff
 from batchwarden.actors.messages import SubmitJob
+from batchwarden.config import Settings
 from batchwarden.providers.anthropic import (
     AnthropicProvider,
     ProviderRejected,
@@ -39,6 +47,7 @@ log = logging.getLogger(__name__)
 
 CLAIM_LIMIT = 10
 IDLE_S = 1.0
+ROOM_CHECK_S = 5.0
 
 
 def plan_parts(sizes: list[int], max_requests: int, max_bytes: int) -> list[tuple]:
@@ -109,6 +118,35 @@ async def _submit_until_done(
             job = await context.store.get_job(job.id)
 
 
+def part_limit(settings: Settings) -> int:
+    """Most requests in one part: the provider's batch limit, and no more
+    than fits in its processing queue on its own."""
+    limit = settings.batch_max_requests
+    if settings.provider_queue_limit is not None:
+        limit = min(limit, settings.provider_queue_limit)
+    return limit
+
+
+async def _wait_for_room(context: LeaderContext, job: Job, count: int) -> None:
+    """Wait until `count` more requests fit under PROVIDER_QUEUE_LIMIT. The
+    jobs behind this one wait too: the submitter serves them in order."""
+    limit = context.settings.provider_queue_limit
+    if limit is None:
+        return
+    logged = False
+    while (queued := await context.store.requests_in_flight()) + count > limit:
+        if not logged:
+            log.info(
+                "provider queue holds %d of %d requests: waiting to add %d",
+                queued,
+                limit,
+                count,
+                extra={"job_id": job.id},
+            )
+            logged = True
+        await trio.sleep(min(context.settings.poll_interval, ROOM_CHECK_S))
+
+
 async def submit(context: LeaderContext, provider: AnthropicProvider, job: Job) -> None:
     store, term, settings = context.store, context.term, context.settings
     if job.cancel_requested_at is not None:
@@ -116,12 +154,13 @@ async def submit(context: LeaderContext, provider: AnthropicProvider, job: Job) 
         context.metrics.job_transitions.labels("cancelled").inc()
         return
     sizes = await store.item_sizes(job.id)
-    parts = plan_parts(sizes, settings.batch_max_requests, settings.batch_max_bytes)
+    parts = plan_parts(sizes, part_limit(settings), settings.batch_max_bytes)
     existing = {p.first_position: p for p in await store.submission_parts(job.id)}
     for index, (first, count) in enumerate(parts):
         part = existing.get(first)
         if part is not None and part.provider_batch_id is not None:
             continue
+        await _wait_for_room(context, job, count)
         if part is None:
             part = await store.add_provider_batch(
                 job.id,

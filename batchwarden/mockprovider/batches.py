@@ -81,6 +81,9 @@ class Behaviour:
     error_types: dict[str, float] = field(
         default_factory=lambda: {"invalid_request_error": 1.0}
     )
+    # Most requests in progress at once (the account's processing queue);
+    # a create that would go past it is answered 429.
+    queue_limit: int | None = None
 
     def real(self, provider_seconds: float) -> float:
         return provider_seconds / self.time_scale

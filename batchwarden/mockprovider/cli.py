@@ -40,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="invalid_request_error=1",
         help="mix of errored items' types, e.g. invalid_request_error=1,api_error=1",
     )
+    add(
+        "--queue-limit",
+        type=int,
+        help="most requests in progress at once; a create past it gets a 429",
+    )
     add("--latency", type=float, default=0.0, help="seconds added to each answer")
     add("--jitter", type=float, default=0.0, help="up to this many more seconds")
     add("--retry-after", type=float, default=1.0, help="retry-after of a 429")
@@ -80,7 +85,10 @@ def build_provider(args: argparse.Namespace) -> MockProvider:
         time_scale=args.time_scale,
         mix=tuple(mix.get(k, 0.0) for k in ("succeeded", "errored", "expired")),
         error_types=_weights(args.error_types, None, "--error-types"),
+        queue_limit=args.queue_limit,
     )
+    if args.queue_limit is not None and args.queue_limit < 1:
+        raise ValueError("--queue-limit: must be at least 1")
     if args.time_scale <= 0:
         raise ValueError("--time-scale: must be above 0")
     plan = FaultPlan(

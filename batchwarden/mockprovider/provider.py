@@ -144,6 +144,9 @@ class MockProvider:
 
     def _create(self, request: Request) -> Response:
         items = parse_create(request.body)
+        limit = self.behaviour.queue_limit
+        if limit is not None and self._processing_requests() + len(items) > limit:
+            return self._queue_full(limit)
         batch_id = "msgbatch_" + _token(24)
         batch = MockBatch(
             batch_id,
@@ -155,6 +158,15 @@ class MockProvider:
         self.batches[batch_id] = batch
         self.stats.batch_created(len(items), self._processing_requests())
         return self._batch_response(batch)
+
+    def _queue_full(self, limit: int) -> Response:
+        self.stats.queue_full += 1
+        message = f"the processing queue holds at most {limit} requests"
+        response = error_response(429, "rate_limit_error", message)
+        response.headers.append(
+            ("retry-after", _seconds(self.faults.plan.retry_after_s))
+        )
+        return response
 
     def _retrieve(self, request: Request) -> Response:
         return self._batch_response(self._batch(request))

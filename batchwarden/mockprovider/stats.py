@@ -39,6 +39,7 @@ class Stats:
         self.batches_created = 0
         self.requests_created = 0
         self.max_processing_requests = 0
+        self.queue_full = 0
 
     def record(self, endpoint: str, status: int, seconds: float) -> None:
         stats = self.endpoints.setdefault(endpoint, EndpointStats())
@@ -59,4 +60,5 @@ class Stats:
             "batches_created": self.batches_created,
             "requests_created": self.requests_created,
             "max_processing_requests": self.max_processing_requests,
+            "queue_full": self.queue_full,
         }

@@ -140,6 +140,15 @@ class PipelineStore(SqlStore):
         rows = await self._run(lambda tx: tx.all(sql, (job_id,)), write=False)
         return [batch_from_row(row) for row in rows]
 
+    async def requests_in_flight(self) -> int:
+        """Requests in provider batches the provider is still processing."""
+        sql = (
+            "SELECT COALESCE(sum(request_count), 0) FROM provider_batches"
+            " WHERE processing_status IN ('in_progress', 'canceling')"
+        )
+        row = await self._run(lambda tx: tx.one(sql), write=False)
+        return int(row[0])
+
     async def item_sizes(self, job_id: str) -> list[int]:
         """The byte size of each item's params, in submission order."""
         sql = (
