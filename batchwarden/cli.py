@@ -183,12 +183,12 @@ async def cmd_results(
     lines = store.iter_items(args.job_id)
     if args.output is None:
         async for item in lines:
-            out(service.item_line(item.custom_id, item.status.value, item.result))
+            out(service.result_line(item))
         return
     count = 0
     with open(args.output, "w", encoding="utf-8") as target:
         async for item in lines:
-            line = service.item_line(item.custom_id, item.status.value, item.result)
+            line = service.result_line(item)
             target.write(line + "\n")
             count += 1
     if args.json:

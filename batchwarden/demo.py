@@ -23,7 +23,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from batchwarden import logs, service
 from batchwarden.callback_urls import CallbackPolicy
 from batchwarden.config import Secret, Settings
-from batchwarden.documents import item_line
+from batchwarden.documents import result_line
 from batchwarden.intake import Request
 from batchwarden.mockprovider import Behaviour, Duration, MockProvider, serve_mock
 from batchwarden.mockprovider.http import Request as HttpRequest
@@ -145,7 +145,7 @@ async def _follow(
     results = folder / "results.jsonl"
     with results.open("w") as out:
         async for item in store.iter_items(job.id):
-            out.write(item_line(item.custom_id, item.status.value, item.result) + "\n")
+            out.write(result_line(item) + "\n")
     say(f"results: {results}")
     return 0 if valid and detail.job.status.terminal else 1
 

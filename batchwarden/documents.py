@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the store imports this module to build callbacks
-    from batchwarden.store.records import Job, JobDetail, ProviderBatch
+    from batchwarden.store.records import ItemRow, Job, JobDetail, ProviderBatch
 
 
 def iso(value: datetime | None) -> str | None:
@@ -84,7 +84,18 @@ def callback_payload(detail: JobDetail, timestamp: datetime) -> str:
     )
 
 
-def item_line(custom_id: str, status: str, result: str | None) -> str:
-    """One line of a results download; `result` is stored JSON text."""
-    head = json.dumps({"custom_id": custom_id, "status": status})[:-1]
+def item_line(
+    custom_id: str, status: str, result: str | None, attempts: int | None = None
+) -> str:
+    """One line of a results download; `result` is stored JSON text, and
+    `attempts` the provider batches the item went through."""
+    fields = {"custom_id": custom_id, "status": status}
+    if attempts is not None:
+        fields["attempts"] = attempts
+    head = json.dumps(fields)[:-1]
     return f'{head}, "result": {result or "null"}}}'
+
+
+def result_line(item: ItemRow) -> str:
+    """An item of a job as `results` and `GET .../results` print it."""
+    return item_line(item.custom_id, item.status.value, item.result, item.attempts)

@@ -13,7 +13,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from batchwarden.callback_urls import CallbackPolicy, CallbackRefused
-from batchwarden.documents import iso, item_line, job_document, job_summary
+from batchwarden.documents import (
+    iso,
+    item_line,
+    job_document,
+    job_summary,
+    result_line,
+)
 from batchwarden.errors import Conflict, IllegalTransition, InvalidRequests
 from batchwarden.intake import Request
 from batchwarden.states import JobStatus
@@ -30,6 +36,7 @@ __all__ = [
     "item_line",
     "job_document",
     "job_summary",
+    "result_line",
     "track_batch",
 ]
 

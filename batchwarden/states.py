@@ -61,3 +61,13 @@ class ItemStatus(StrEnum):
 
 
 RESULT_STATUSES = tuple(s for s in ItemStatus if s is not ItemStatus.PENDING)
+
+
+# Errored items of these types failed for the provider's reasons, not the
+# request's: they may succeed in a new provider batch.
+TRANSIENT_ERRORS = (
+    "api_error",
+    "overloaded_error",
+    "rate_limit_error",
+    "timeout_error",
+)

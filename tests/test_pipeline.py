@@ -85,7 +85,7 @@ async def test_a_large_job_is_split_into_provider_batches(harness):
 async def test_outcomes_match_the_providers_item_by_item(harness):
     await harness.start_servers()
     harness.provider.behaviour.mix = (0.7, 0.2, 0.1)
-    await harness.start_replica()
+    await harness.start_replica(item_max_attempts=1)
     job, _ = await harness.store.create_job(requests(500))
     ended = await wait_terminal(harness.store, job.id)
     assert ended.status is JobStatus.EXPIRED  # some items expired
@@ -94,6 +94,65 @@ async def test_outcomes_match_the_providers_item_by_item(harness):
     assert {i.custom_id: i.status.value for i in items} == {
         c: r["outcome"] for c, r in truth.items()
     }
+
+
+async def attempts_at_the_provider(harness: Harness, job_id: str) -> dict:
+    """Each item's outcomes, batch after batch, as the mock decided them."""
+    detail = await harness.store.job_detail(job_id)
+    seen: dict[str, list[dict]] = {}
+    for batch in sorted(detail.provider_batches, key=lambda b: (b.attempt, b.id)):
+        mock_batch = harness.provider.batches[batch.provider_batch_id]
+        for index in range(len(mock_batch)):
+            record = mock_batch.record(index)
+            seen.setdefault(record["custom_id"], []).append(record)
+    return seen
+
+
+def retryable(record: dict) -> bool:
+    return record["outcome"] == "expired" or record.get("error_type") in (
+        "overloaded_error",
+        "api_error",
+    )
+
+
+async def test_items_that_end_retryably_go_into_new_batches_up_to_the_budget(
+    harness,
+):
+    await harness.start_servers()
+    behaviour = harness.provider.behaviour
+    behaviour.mix = (0.5, 0.3, 0.2)
+    behaviour.error_types = {
+        "invalid_request_error": 1.0,
+        "overloaded_error": 1.0,
+        "api_error": 1.0,
+    }
+    await harness.start_replica(item_max_attempts=3)
+    job, _ = await harness.store.create_job(requests(400))
+    ended = await wait_terminal(harness.store, job.id, timeout=60)
+    seen = await attempts_at_the_provider(harness, job.id)
+    assert len(seen) == 400
+    for custom_id, outcomes in seen.items():
+        for number, record in enumerate(outcomes[:-1], start=1):
+            assert retryable(record), f"{custom_id} resubmitted after {record}"
+            assert number < 3
+        last = outcomes[-1]
+        assert not retryable(last) or len(outcomes) == 3, custom_id
+    items = {i.custom_id: i async for i in harness.store.iter_items(job.id)}
+    assert {c: i.status.value for c, i in items.items()} == {
+        c: outcomes[-1]["outcome"] for c, outcomes in seen.items()
+    }
+    assert {c: i.attempts for c, i in items.items()} == {
+        c: len(outcomes) for c, outcomes in seen.items()
+    }
+    tries = [len(outcomes) for outcomes in seen.values()]
+    assert max(tries) == 3 and tries.count(1) < 400, "no item was retried"
+    invalid = [o for outcomes in seen.values() for o in outcomes
+               if o.get("error_type") == "invalid_request_error"]  # fmt: skip
+    assert invalid and all(seen[o["custom_id"]][-1] is o for o in invalid)
+    expired = any(outcomes[-1]["outcome"] == "expired" for outcomes in seen.values())
+    assert ended.status is (JobStatus.EXPIRED if expired else JobStatus.COMPLETED)
+    detail = await harness.store.job_detail(job.id)
+    assert sorted({b.attempt for b in detail.provider_batches}) == [1, 2, 3]
 
 
 async def test_a_rejected_job_fails_with_the_providers_message(harness):

@@ -122,7 +122,11 @@ def _count_tokens(context: LeaderContext, chunk: list[ResultRow], stored: int) -
 
 async def _store(context: LeaderContext, batch: ProviderBatch, chunk, *, last: bool):
     outcome, ended = await context.store.store_results(
-        batch, chunk, last=last, term=context.term
+        batch,
+        chunk,
+        last=last,
+        term=context.term,
+        max_attempts=context.settings.item_max_attempts,
     )
     counter = context.metrics.items_ingested
     for status, count in Counter(row.status.value for row in chunk).items():

@@ -8,6 +8,13 @@ after; the job moves to running in the transaction that records its last
 part. A job whose submission was interrupted (a crash, a hand-over) is
 resumed from its first part without a provider id.
 
+Retry rounds: when a job's last batch is stored and some items ended
+retryably (expired, or errored for the provider's reasons) with attempts
+left under `ITEM_MAX_ATTEMPTS`, the item fetcher records the first part of
+the next attempt (`creating`, no provider id); the submitter finds it here
+and creates that attempt's parts like the first attempt's, from the items
+whose previous attempt ended retryably. The job stays running meanwhile.
+
 With `PROVIDER_QUEUE_LIMIT` set, a part is created only when the requests
 already at the provider (in provider batches still in progress) plus its own
 stay under the limit; until then the submitter waits, and the jobs behind
@@ -78,7 +85,11 @@ async def submitter(
         jobs += [await store.get_job(m.job_id) for m in _drain(reclaimed)]
         for job in jobs:
             await _submit_until_done(context, provider, job, backoff)
-        if not jobs:
+        rounds = await store.retry_rounds()
+        for job_id, attempt in rounds:
+            job = await store.get_job(job_id)
+            await _submit_until_done(context, provider, job, backoff, attempt)
+        if not jobs and not rounds:
             with trio.move_on_after(IDLE_S):
                 message = await reclaimed.receive()
                 job = await store.get_job(message.job_id)
@@ -95,11 +106,15 @@ def _drain(channel: trio.MemoryReceiveChannel[SubmitJob]) -> list[SubmitJob]:
 
 
 async def _submit_until_done(
-    context: LeaderContext, provider: AnthropicProvider, job: Job, backoff: Backoff
+    context: LeaderContext,
+    provider: AnthropicProvider,
+    job: Job,
+    backoff: Backoff,
+    attempt: int = 1,
 ) -> None:
     while True:
         try:
-            await submit(context, provider, job)
+            await submit(context, provider, job, attempt)
             backoff.reset()
             return
         except ProviderRejected as exc:
@@ -147,15 +162,18 @@ async def _wait_for_room(context: LeaderContext, job: Job, count: int) -> None:
         await trio.sleep(min(context.settings.poll_interval, ROOM_CHECK_S))
 
 
-async def submit(context: LeaderContext, provider: AnthropicProvider, job: Job) -> None:
+async def submit(
+    context: LeaderContext, provider: AnthropicProvider, job: Job, attempt: int = 1
+) -> None:
+    """Create the parts of one attempt of a job that are not created yet."""
     store, term, settings = context.store, context.term, context.settings
     if job.cancel_requested_at is not None:
-        await store.cancel_pending(job.id, term=term)
-        context.metrics.job_transitions.labels("cancelled").inc()
+        await _cancel_before_submission(context, job, attempt)
         return
-    sizes = await store.item_sizes(job.id)
+    sizes = await store.item_sizes(job.id, attempt)
     parts = plan_parts(sizes, part_limit(settings), settings.batch_max_bytes)
-    existing = {p.first_position: p for p in await store.submission_parts(job.id)}
+    recorded = await store.submission_parts(job.id, attempt)
+    existing = {p.first_position: p for p in recorded}
     for index, (first, count) in enumerate(parts):
         part = existing.get(first)
         if part is not None and part.provider_batch_id is not None:
@@ -164,29 +182,44 @@ async def submit(context: LeaderContext, provider: AnthropicProvider, job: Job) 
         if part is None:
             part = await store.add_provider_batch(
                 job.id,
-                attempt=1,
+                attempt=attempt,
                 request_count=count,
                 first_position=first,
                 processing_status="creating",
                 term=term,
             )
-        items = await store.items_range(job.id, first, count)
+        items = await store.items_range(job.id, first, count, attempt)
         requests = [{"custom_id": c, "params": json.loads(p)} for c, p in items]
         state = await provider.create(requests)
+        first_attempt_done = attempt == 1 and index == len(parts) - 1
         await store.record_created(
             part.id,
             state.id,
             processing_status=state.processing_status,
             expires_at=state.expires_at,
             job_id=job.id,
-            last=index == len(parts) - 1,
+            last=first_attempt_done,
             term=term,
+            request_count=count,
         )
-        if index == len(parts) - 1:
+        if first_attempt_done:
             context.metrics.job_transitions.labels("running").inc()
         log.info(
-            "created provider batch %s (%d items)",
+            "created provider batch %s (%d items, attempt %d)",
             state.id,
             count,
-            extra={"job_id": job.id, "batch_id": state.id},
+            attempt,
+            extra={"job_id": job.id, "batch_id": state.id, "attempt": attempt},
         )
+
+
+async def _cancel_before_submission(
+    context: LeaderContext, job: Job, attempt: int
+) -> None:
+    if attempt == 1:
+        await context.store.cancel_pending(job.id, term=context.term)
+        context.metrics.job_transitions.labels("cancelled").inc()
+        return
+    ended = await context.store.skip_round(job.id, attempt, term=context.term)
+    if ended is not None:
+        context.metrics.job_transitions.labels(ended.status.value).inc()

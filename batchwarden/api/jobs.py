@@ -136,7 +136,7 @@ async def _result_lines(store: SqlStore, job_id: str) -> AsyncIterator[bytes]:
     """Lines in chunks of a thousand items: few writes, bounded memory."""
     lines: list[str] = []
     async for item in store.iter_items(job_id, chunk=RESULTS_CHUNK):
-        lines.append(service.item_line(item.custom_id, item.status.value, item.result))
+        lines.append(service.result_line(item))
         if len(lines) == RESULTS_CHUNK:
             yield ("\n".join(lines) + "\n").encode()
             lines = []

@@ -249,6 +249,8 @@ def parse_result(line: str) -> ResultRow:
     if not isinstance(custom_id, str) or "\x00" in custom_id:
         raise MalformedResult(f"a results line has a bad custom_id: {line[:120]!r}")
     text = _result_text(line, custom_id) or json.dumps(result)
+    if status is ItemStatus.ERRORED:
+        return ResultRow(custom_id, status, text, error_type=_error_type(result))
     if status is not ItemStatus.SUCCEEDED:
         return ResultRow(custom_id, status, text)
     message = _object(result.get("message"))
@@ -260,6 +262,14 @@ def parse_result(line: str) -> ResultRow:
         usage=Usage(**{kind: _count(usage.get(kind)) for kind in USAGE_KINDS}),
         model=_text(message.get("model")),
     )
+
+
+def _error_type(result: dict) -> str | None:
+    """`invalid_request_error`, `api_error`, ...: the innermost error type
+    (the provider nests the API error inside the item's error)."""
+    error = _object(result.get("error"))
+    inner = _object(error.get("error"))
+    return _text(inner.get("type")) or _text(error.get("type"))
 
 
 def _object(value: object) -> dict:

@@ -311,7 +311,7 @@ class SqlStore:
             )
             for row in rows:
                 status = ItemStatus(row[2]) if row[2] else ItemStatus.PENDING
-                yield ItemRow(row[1], status, row[3])
+                yield ItemRow(row[1], status, row[3], row[4] or 0)
             if len(rows) < chunk:
                 return
             position = rows[-1][0]

@@ -30,6 +30,7 @@ from batchwarden.store.queries import (
     now,
     read_detail,
     read_job,
+    round_items,
 )
 from batchwarden.store.records import (
     Job,
@@ -42,6 +43,7 @@ from batchwarden.store.tx import Tx
 
 _SUBMITTED = (JobStatus.PENDING.value, JobStatus.RUNNING.value)
 _OPEN = (JobStatus.CREATED.value, *_SUBMITTED)
+_ALL_ITEMS = "SELECT {} FROM items i WHERE i.job_id = %s ORDER BY i.position"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,13 +134,24 @@ class PipelineStore(SqlStore):
 
         return await self._fenced(term, reclaim)
 
-    async def submission_parts(self, job_id: str) -> list[ProviderBatch]:
+    async def submission_parts(
+        self, job_id: str, attempt: int = 1
+    ) -> list[ProviderBatch]:
         sql = (
             f"SELECT {BATCH_COLUMNS} FROM provider_batches"
-            " WHERE job_id = %s AND attempt = 1 ORDER BY first_position"
+            " WHERE job_id = %s AND attempt = %s ORDER BY first_position"
         )
-        rows = await self._run(lambda tx: tx.all(sql, (job_id,)), write=False)
+        rows = await self._run(lambda tx: tx.all(sql, (job_id, attempt)), write=False)
         return [batch_from_row(row) for row in rows]
+
+    async def retry_rounds(self) -> list[tuple[str, int]]:
+        """(job id, attempt) of retry rounds planned but not all created."""
+        sql = (
+            "SELECT DISTINCT job_id, attempt FROM provider_batches"
+            " WHERE attempt > 1 AND processing_status = 'creating'"
+            " ORDER BY job_id, attempt"
+        )
+        return await self._run(lambda tx: tx.all(sql), write=False)
 
     async def requests_in_flight(self) -> int:
         """Requests in provider batches the provider is still processing."""
@@ -149,24 +162,30 @@ class PipelineStore(SqlStore):
         row = await self._run(lambda tx: tx.one(sql), write=False)
         return int(row[0])
 
-    async def item_sizes(self, job_id: str) -> list[int]:
-        """The byte size of each item's params, in submission order."""
-        sql = (
-            "SELECT length(params) + length(custom_id) FROM items"
-            " WHERE job_id = %s ORDER BY position"
-        )
-        rows = await self._run(lambda tx: tx.all(sql, (job_id,)), write=False)
+    async def item_sizes(self, job_id: str, attempt: int = 1) -> list[int]:
+        """The byte size of each item of an attempt, in submission order."""
+        size = "length(i.params) + length(i.custom_id)"
+        if attempt == 1:
+            sql, params = _ALL_ITEMS.format(size), (job_id,)
+        else:
+            sql, params = round_items(size), (job_id, attempt - 1)
+        rows = await self._run(lambda tx: tx.all(sql, params), write=False)
         return [row[0] for row in rows]
 
     async def items_range(
-        self, job_id: str, first: int, count: int
+        self, job_id: str, first: int, count: int, attempt: int = 1
     ) -> list[tuple[str, str]]:
-        """(custom_id, params JSON) of items [first, first + count)."""
-        sql = (
-            "SELECT custom_id, params FROM items WHERE job_id = %s"
-            " AND position >= %s AND position < %s ORDER BY position"
-        )
-        params = (job_id, first, first + count)
+        """(custom_id, params JSON) of the attempt's items [first, first + count)."""
+        columns = "i.custom_id, i.params"
+        if attempt == 1:
+            sql = (
+                f"SELECT {columns} FROM items i WHERE i.job_id = %s"
+                " AND i.position >= %s AND i.position < %s ORDER BY i.position"
+            )
+            params = (job_id, first, first + count)
+        else:
+            sql = round_items(columns) + " LIMIT %s OFFSET %s"
+            params = (job_id, attempt - 1, count, first)
         return await self._run(lambda tx: tx.all(sql, params), write=False)
 
     async def record_created(
@@ -179,20 +198,44 @@ class PipelineStore(SqlStore):
         job_id: str,
         last: bool,
         term: int,
+        request_count: int | None = None,
     ) -> None:
-        """A part now exists at the provider; with the last part, the job
-        moves to running in the same transaction."""
+        """A part now exists at the provider; with the last part of the first
+        attempt, the job moves to running in the same transaction."""
 
         def record(tx: Tx) -> None:
             tx.execute(
                 "UPDATE provider_batches SET provider_batch_id = %s,"
-                " processing_status = %s, expires_at = %s WHERE id = %s",
-                (provider_batch_id, processing_status, expires_at, batch_id),
+                " processing_status = %s, expires_at = %s,"
+                " request_count = COALESCE(%s, request_count) WHERE id = %s",
+                (
+                    provider_batch_id,
+                    processing_status,
+                    expires_at,
+                    request_count,
+                    batch_id,
+                ),
             )
             if last:
                 move_job(tx, job_id, JobStatus.RUNNING, (JobStatus.PENDING,))
 
         await self._fenced(term, record)
+
+    async def skip_round(
+        self, job_id: str, attempt: int, *, term: int
+    ) -> JobEnd | None:
+        """A cancel came before a retry round reached the provider: its
+        parts are skipped, and the job ends if nothing else is out."""
+
+        def skip(tx: Tx) -> JobEnd | None:
+            tx.execute(
+                "UPDATE provider_batches SET processing_status = 'skipped'"
+                " WHERE job_id = %s AND attempt = %s AND provider_batch_id IS NULL",
+                (job_id, attempt),
+            )
+            return _end_job_if_done(tx, job_id, self.prices)
+
+        return await self._fenced(term, skip)
 
     async def fail_job(self, job_id: str, error: str, *, term: int) -> Job:
         def fail(tx: Tx) -> Job:
@@ -283,10 +326,12 @@ class PipelineStore(SqlStore):
         *,
         last: bool,
         term: int,
+        max_attempts: int = 1,
     ) -> tuple[WriteOutcome, JobEnd | None]:
         """A chunk of a batch's results; with the last chunk, the batch is
-        marked stored and, if it was the job's last, the job ends and its
-        callback is written, all in this one transaction."""
+        marked stored and, if it was the job's last, either a retry round is
+        planned (items that ended retryably, within `max_attempts`) or the
+        job ends and its callback is written, all in this one transaction."""
 
         def write(tx: Tx) -> tuple[WriteOutcome, JobEnd | None]:
             outcome = append_results(
@@ -304,7 +349,9 @@ class PipelineStore(SqlStore):
                 "UPDATE provider_batches SET results_stored_at = %s WHERE id = %s",
                 (now(), batch.id),
             )
-            return outcome, _end_job_if_done(tx, batch.job_id, self.prices)
+            return outcome, _end_job_if_done(
+                tx, batch.job_id, self.prices, max_attempts
+            )
 
         return await self._fenced(term, write)
 
@@ -412,14 +459,19 @@ class PipelineStore(SqlStore):
         return await self._run(lambda tx: tx.all(sql, (callback_id,)), write=False)
 
 
-def _end_job_if_done(tx: Tx, job_id: str, prices: PriceTable) -> JobEnd | None:
+def _end_job_if_done(
+    tx: Tx, job_id: str, prices: PriceTable, max_attempts: int = 1
+) -> JobEnd | None:
     waiting = tx.one(
         "SELECT count(*) FROM provider_batches WHERE job_id = %s"
-        " AND results_stored_at IS NULL AND processing_status <> 'vanished'",
+        " AND results_stored_at IS NULL"
+        " AND processing_status NOT IN ('vanished', 'skipped')",
         (job_id,),
     )[0]
     job = read_job(tx, job_id)
     if waiting or job.status is not JobStatus.RUNNING:
+        return None
+    if _plan_retry(tx, job, max_attempts):
         return None
     before = read_detail(tx, job_id, prices)
     target = _terminal_status(job, before.item_counts)
@@ -441,6 +493,30 @@ def _end_job_if_done(tx: Tx, job_id: str, prices: PriceTable) -> JobEnd | None:
         ),
     )
     return JobEnd(job_id, target, callback=True)
+
+
+def _plan_retry(tx: Tx, job: Job, max_attempts: int) -> bool:
+    """Record the first part of the next attempt, if any item ended
+    retryably and may try again; the submitter creates it."""
+    if job.cancel_requested_at is not None:
+        return False
+    (attempt, tracked) = tx.one(
+        "SELECT max(attempt), count(*) FILTER (WHERE first_position IS NULL)"
+        " FROM provider_batches WHERE job_id = %s",
+        (job.id,),
+    )
+    if tracked or attempt is None or attempt >= max_attempts:
+        return False
+    count = len(tx.all(round_items("i.custom_id"), (job.id, attempt)))
+    if not count:
+        return False
+    tx.execute(
+        "INSERT INTO provider_batches (job_id, attempt, processing_status,"
+        " request_count, first_position, created_at)"
+        " VALUES (%s, %s, 'creating', %s, 0, %s)",
+        (job.id, attempt + 1, count, now()),
+    )
+    return True
 
 
 def _terminal_status(job: Job, counts: dict[ItemStatus, int]) -> JobStatus:

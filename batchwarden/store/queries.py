@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from batchwarden import ids
 from batchwarden.errors import Conflict, IllegalTransition, JobNotFound
 from batchwarden.pricing import NO_PRICES, PriceTable
-from batchwarden.states import ItemStatus, JobStatus
+from batchwarden.states import TRANSIENT_ERRORS, ItemStatus, JobStatus
 from batchwarden.store.records import (
     USAGE_KINDS,
     CallbackState,
@@ -33,7 +33,14 @@ BATCH_COLUMNS = (
     "id, job_id, attempt, provider_batch_id, processing_status, request_count,"
     " request_counts, created_at, ended_at, results_stored_at, first_position"
 )
-INCOMING_COLUMNS = ("custom_id", "status", "result", *USAGE_KINDS, "model")
+INCOMING_COLUMNS = (
+    "custom_id",
+    "status",
+    "result",
+    *USAGE_KINDS,
+    "model",
+    "error_type",
+)
 
 
 def now() -> datetime:
@@ -238,22 +245,23 @@ def incoming_row(row: ResultRow) -> tuple:
         row.result,
         *(getattr(usage, kind) for kind in USAGE_KINDS),
         row.model,
+        row.error_type,
     )
 
 
 _INCOMING_SQL = (
     "custom_id text, status text, result text, input_tokens bigint,"
     " output_tokens bigint, cache_creation_input_tokens bigint,"
-    " cache_read_input_tokens bigint, model text"
+    " cache_read_input_tokens bigint, model text, error_type text"
 )
 
 _APPEND_RESULTS = """
 INSERT INTO item_results (job_id, custom_id, attempt, batch_id, status, result,
     input_tokens, output_tokens, cache_creation_input_tokens,
-    cache_read_input_tokens, model, term)
+    cache_read_input_tokens, model, error_type, term)
 SELECT %s, n.custom_id, %s, %s, n.status, n.result, n.input_tokens,
     n.output_tokens, n.cache_creation_input_tokens, n.cache_read_input_tokens,
-    n.model, %s
+    n.model, n.error_type, %s
 FROM incoming_results n
 WHERE EXISTS (
     SELECT 1 FROM items i WHERE i.job_id = %s AND i.custom_id = n.custom_id
@@ -310,11 +318,38 @@ GROUP BY model
 """
 
 ITEMS_PAGE = f"""
-SELECT i.position, i.custom_id, r.status, r.result
+SELECT i.position, i.custom_id, r.status, r.result, r.attempt
 FROM items i
 LEFT JOIN item_results r
     ON r.job_id = i.job_id AND r.custom_id = i.custom_id AND {_LATEST}
 WHERE i.job_id = %s AND i.position > %s
 ORDER BY i.position
 LIMIT %s
+"""
+
+
+def retryable(alias: str = "r") -> str:
+    """SQL: the result `alias` may succeed in a new provider batch."""
+    errors = ", ".join(f"'{kind}'" for kind in TRANSIENT_ERRORS)
+    return (
+        f"({alias}.status = 'expired' OR ({alias}.status = 'errored'"
+        f" AND {alias}.error_type IN ({errors})))"
+    )
+
+
+# The items of a job's attempt k > 1 are those whose attempt k - 1 ended
+# retryably. Results are only ever appended, so this list never changes,
+# and a part of a retry round is a slice of it, as a part of attempt 1 is a
+# range of positions.
+def round_items(columns: str) -> str:
+    """SQL selecting `columns` of items i of attempt %s + 1 of job %s, in
+    submission order; parameters (job_id, previous attempt)."""
+    return f"""
+SELECT {columns} FROM items i
+WHERE i.job_id = %s AND EXISTS (
+    SELECT 1 FROM item_results r
+    WHERE r.job_id = i.job_id AND r.custom_id = i.custom_id
+      AND r.attempt = %s AND {retryable()}
+)
+ORDER BY i.position
 """

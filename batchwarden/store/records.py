@@ -97,6 +97,7 @@ class ResultRow:
     result: str
     usage: Usage = field(default_factory=Usage)
     model: str | None = None
+    error_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,7 @@ class ItemRow:
     custom_id: str
     status: ItemStatus
     result: str | None
+    attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,6 +171,19 @@ MIGRATIONS += (
     ),
 )
 
+_RETRIES = """
+ALTER TABLE item_results ADD COLUMN error_type text
+"""
+
+MIGRATIONS += (
+    Migration(
+        3,
+        "item retries: the error type of an errored result",
+        postgres=_RETRIES,
+        sqlite=_RETRIES,
+    ),
+)
+
 MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version integer PRIMARY KEY,
