@@ -164,6 +164,8 @@ class Settings:
     callback_backoff: float = 1.0
     callback_max_attempts: int = 8
     max_body_bytes: int = 256_000_000
+    results_retention: float = 29 * 86_400.0
+    archive_margin: float = 2 * 86_400.0
     prices: PriceTable = NO_PRICES
 
     def __repr__(self) -> str:
@@ -217,6 +219,8 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "callback_backoff": _positive_float,
     "callback_max_attempts": _positive_int,
     "max_body_bytes": _positive_int,
+    "results_retention": _positive_float,
+    "archive_margin": _positive_float,
     "prices": parse_prices,
 }
 

@@ -10,6 +10,11 @@ slow, the send waits: the poller slows down instead of memory growing.
 It also carries out cancel requests (the provider's cancel for each open
 batch of a job whose cancel was asked).
 
+Retention guard: the provider archives a batch's results
+`RESULTS_RETENTION` after its creation. Ended batches are fetched oldest
+first, and those within `ARCHIVE_MARGIN` of that time are logged and counted
+(`batchwarden_results_near_archive`) each cycle until stored.
+
 A batch the provider does not know is taken for propagation delay for
 `PROPAGATION_S` after its creation; after that, the batch has vanished and
 its job fails.
@@ -75,9 +80,31 @@ async def _cycle(
     for batch, state in states:
         if state is None:
             await _not_found(context, batch)
-    for batch in await store.unfetched_batches():
+    unfetched = await store.unfetched_batches()
+    _guard_retention(context, unfetched)
+    for batch in unfetched:
         await fetch.send(batch)
     return len(batches)
+
+
+def _guard_retention(context: LeaderContext, unfetched: list[ProviderBatch]) -> None:
+    """Warn about, and count, results the provider will soon archive; they
+    are first in line already (`unfetched_batches` orders by creation)."""
+    settings = context.settings
+    retention = timedelta(seconds=settings.results_retention)
+    margin = timedelta(seconds=settings.archive_margin)
+    stamp = now()
+    near = [b for b in unfetched if b.created_at + retention - stamp < margin]
+    context.metrics.near_archive.set(len(near))
+    for batch in near:
+        left = (batch.created_at + retention - stamp).total_seconds()
+        log.warning(
+            "results of provider batch %s are not stored and will be archived"
+            " in %.0f s",
+            batch.provider_batch_id,
+            max(left, 0.0),
+            extra={"job_id": batch.job_id, "batch_id": batch.provider_batch_id},
+        )
 
 
 async def _retrieve_all(

@@ -267,11 +267,13 @@ class PipelineStore(SqlStore):
         return [batch_from_row(row) for row in rows]
 
     async def unfetched_batches(self) -> list[ProviderBatch]:
-        """Ended batches whose results are not stored yet, oldest first."""
+        """Ended batches whose results are not stored yet, the first created
+        first: the provider archives results a fixed time after creation, so
+        this is also the order in which they would be lost."""
         sql = (
             f"SELECT {BATCH_COLUMNS} FROM provider_batches"
             " WHERE processing_status = 'ended' AND results_stored_at IS NULL"
-            " ORDER BY ended_at, id"
+            " ORDER BY created_at, id"
         )
         rows = await self._run(lambda tx: tx.all(sql), write=False)
         return [batch_from_row(row) for row in rows]

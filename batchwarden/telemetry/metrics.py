@@ -82,6 +82,12 @@ class Metrics:
             ["model", "kind"],
             registry=registry,
         )
+        self.near_archive = Gauge(
+            "batchwarden_results_near_archive",
+            "ended provider batches whose results are not stored and will be"
+            " archived by the provider within ARCHIVE_MARGIN",
+            registry=registry,
+        )
         self.callbacks = Counter(
             "batchwarden_callbacks",
             "callback delivery attempts, by outcome",
