@@ -178,7 +178,7 @@ def copy_floor(url: str, rows: list[tuple]) -> float:
             "CREATE TABLE floor_results (custom_id text, status text, result text,"
             " input_tokens bigint, output_tokens bigint,"
             " cache_creation_input_tokens bigint, cache_read_input_tokens bigint,"
-            " model text)"
+            " model text, error_type text)"
         )
         connection.commit()
         started = time.perf_counter()

@@ -37,7 +37,7 @@ FLOOR_TABLE = (
     "CREATE TABLE floor_results (custom_id text, status text, result text,"
     " input_tokens bigint, output_tokens bigint,"
     " cache_creation_input_tokens bigint, cache_read_input_tokens bigint,"
-    " model text)"
+    " model text, error_type text)"
 )
 
 

@@ -238,15 +238,8 @@ def read_callback(tx: Tx, job_id: str) -> CallbackState | None:
 
 
 def incoming_row(row: ResultRow) -> tuple:
-    usage = row.usage
-    return (
-        row.custom_id,
-        row.status.value,
-        row.result,
-        *(getattr(usage, kind) for kind in USAGE_KINDS),
-        row.model,
-        row.error_type,
-    )
+    custom_id, status, result, usage, model, error_type = row
+    return (custom_id, status.value, result, *usage, model, error_type)
 
 
 _INCOMING_SQL = (
