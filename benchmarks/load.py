@@ -14,6 +14,7 @@ process, each figure next to a floor measured in the same run.
     (create, poll until ended, stream results) at the same concurrency.
 
     python benchmarks/load.py [--batches 10000] [--items 100000] [--jobs 500]
+                              [--phases abc] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -261,9 +262,28 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--job-items", type=int, default=100)
+    parser.add_argument(
+        "--phases", default="abc", help="which phases to run, e.g. b (default abc)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat the ingest phase at full size"
+    )
     add_postgres_url(parser)
     args = parser.parse_args()
     print(machine(), "; mock provider in its own process; PostgreSQL store")
+    if "a" in args.phases:
+        run_poll(args)
+    mock, mock_url = start_mock("0.5")
+    try:
+        if "b" in args.phases:
+            run_ingest(args, mock_url)
+        if "c" in args.phases:
+            run_jobs(args, mock_url)
+    finally:
+        mock.terminate()
+
+
+def run_poll(args: argparse.Namespace) -> None:
     mock, mock_url = start_mock("3600")
     try:
         with ScratchDatabase(args.postgres_url) as url:
@@ -274,26 +294,28 @@ def main() -> None:
         )
     finally:
         mock.terminate()
-    mock, mock_url = start_mock("0.5")
-    try:
-        for count in (args.items // 5, args.items):
-            with ScratchDatabase(args.postgres_url) as url:
-                seconds, memory, floor = trio.run(ingest_phase, url, mock_url, count)
-            print(
-                f"(b) ingest {count:,} items: {count / seconds:,.0f} items/s"
-                f" ({seconds:.2f} s); bare COPY {count / floor:,.0f} items/s;"
-                f" ratio {seconds / floor:.2f}x; RSS {memory.start_mb:.0f} MB before,"
-                f" peak {memory.peak_mb:.0f} MB while ingesting"
-            )
+
+
+def run_ingest(args: argparse.Namespace, mock_url: str) -> None:
+    for count in (args.items // 5, *[args.items] * args.rounds):
         with ScratchDatabase(args.postgres_url) as url:
-            ours, floor = trio.run(jobs_phase, url, mock_url, args.jobs, args.job_items)
+            seconds, memory, floor = trio.run(ingest_phase, url, mock_url, count)
         print(
-            f"(c) {args.jobs} jobs x {args.job_items} items, submit to callback:"
-            f" {ours:.2f} s; bare client doing the provider's part {floor:.2f} s;"
-            f" ratio {ours / floor:.2f}x"
+            f"(b) ingest {count:,} items: {count / seconds:,.0f} items/s"
+            f" ({seconds:.2f} s); bare COPY {count / floor:,.0f} items/s;"
+            f" ratio {seconds / floor:.2f}x; RSS {memory.start_mb:.0f} MB before,"
+            f" peak {memory.peak_mb:.0f} MB while ingesting"
         )
-    finally:
-        mock.terminate()
+
+
+def run_jobs(args: argparse.Namespace, mock_url: str) -> None:
+    with ScratchDatabase(args.postgres_url) as url:
+        ours, floor = trio.run(jobs_phase, url, mock_url, args.jobs, args.job_items)
+    print(
+        f"(c) {args.jobs} jobs x {args.job_items} items, submit to callback:"
+        f" {ours:.2f} s; bare client doing the provider's part {floor:.2f} s;"
+        f" ratio {ours / floor:.2f}x"
+    )
 
 
 if __name__ == "__main__":
