@@ -203,6 +203,22 @@ async def test_writing_the_same_results_twice_leaves_the_same_rows(store):
     assert detail.usage.input_tokens == 50 * 10
 
 
+async def test_a_result_repeated_within_one_chunk_is_stored_once(store):
+    """The fast path (one COPY) meets a duplicate key; nothing of it stays,
+    and the careful path stores each result once."""
+    term = await store.bump_term("test")
+    job = await job_in(store, JobStatus.RUNNING, term, count=5)
+    batch = await store.add_provider_batch(
+        job.id, attempt=1, request_count=5, term=term
+    )
+    rows = [succeeded(f"req-{i:06d}") for i in (0, 1, 2, 1, 3, 4)]
+    outcome = await store.write_results(job.id, batch.id, 1, rows, term=term)
+    assert (outcome.stored, outcome.already_stored, outcome.unknown) == (5, 1, 0)
+    detail = await store.job_detail(job.id)
+    assert detail.item_counts[ItemStatus.SUCCEEDED] == 5
+    assert detail.usage.input_tokens == 5 * 10
+
+
 async def test_results_for_unknown_custom_ids_are_counted_not_stored(store):
     term = await store.bump_term("test")
     job = await job_in(store, JobStatus.RUNNING, term, count=3)

@@ -61,6 +61,27 @@ class PgTx(Tx):
             for row in rows:
                 copy.write_row(row)
 
+    def try_bulk_insert(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> bool:
+        self._cursor.execute("SAVEPOINT bulk")
+        try:
+            self.bulk_insert(table, columns, rows)
+        except psycopg.errors.UniqueViolation:
+            self._cursor.execute("ROLLBACK TO SAVEPOINT bulk")
+            self._cursor.execute("RELEASE SAVEPOINT bulk")
+            return False
+        self._cursor.execute("RELEASE SAVEPOINT bulk")
+        return True
+
+    def count_unknown_items(self, job_id: str, custom_ids: Sequence[str]) -> int:
+        return self.one(
+            "SELECT count(*) FROM unnest(%s::text[]) AS c (custom_id)"
+            " WHERE NOT EXISTS (SELECT 1 FROM items i"
+            " WHERE i.job_id = %s AND i.custom_id = c.custom_id)",
+            (list(custom_ids), job_id),
+        )[0]
+
     def scratch_table(self, name: str, columns_sql: str) -> None:
         self._cursor.execute(f"CREATE TEMP TABLE {name} ({columns_sql}) ON COMMIT DROP")
 

@@ -63,10 +63,16 @@ def append_results(
     *,
     adopt_items: bool = False,
 ) -> WriteOutcome:
-    """Rows load into a scratch table, then one set-based INSERT appends
-    those whose item exists and is not yet stored for this attempt. With
-    `adopt_items` (a tracked provider batch), results of custom_ids the job
-    does not know yet become its items first."""
+    """A chunk's first fetch goes straight into `item_results` (one COPY).
+    Otherwise (some rows repeat stored ones, or name custom_ids the job
+    lacks) the rows load into a scratch table, then one set-based INSERT
+    appends those whose item exists and is not yet stored for this attempt.
+    With `adopt_items` (a tracked provider batch), results of custom_ids the
+    job does not know yet become its items first."""
+    if rows and not adopt_items:
+        fresh = _append_fresh(tx, job_id, batch_id, attempt, rows, term)
+        if fresh is not None:
+            return fresh
     tx.scratch_table("incoming_results", _INCOMING_SQL)
     tx.bulk_insert("incoming_results", INCOMING_COLUMNS, map(incoming_row, rows))
     tx.prefer_index_probes()
@@ -78,6 +84,43 @@ def append_results(
         return WriteOutcome(stored, 0, 0)
     unknown = tx.one(_COUNT_UNKNOWN, (job_id,))[0]
     return WriteOutcome(stored, len(rows) - stored - unknown, unknown)
+
+
+def _append_fresh(
+    tx: Tx,
+    job_id: str,
+    batch_id: int,
+    attempt: int,
+    rows: Sequence[ResultRow],
+    term: int,
+) -> WriteOutcome | None:
+    """The common case, at close to the speed of a bare COPY: every row
+    names an item of the job and none is stored yet. None otherwise, with
+    nothing written."""
+    if tx.count_unknown_items(job_id, [row.custom_id for row in rows]):
+        return None
+    records = [
+        (job_id, custom_id, attempt, batch_id, status.value, result, *usage)
+        + (model, error_type, term)
+        for custom_id, status, result, usage, model, error_type in rows
+    ]
+    if not tx.try_bulk_insert("item_results", RESULT_COLUMNS, records):
+        return None
+    return WriteOutcome(len(rows), 0, 0)
+
+
+RESULT_COLUMNS = (
+    "job_id",
+    "custom_id",
+    "attempt",
+    "batch_id",
+    "status",
+    "result",
+    *USAGE_KINDS,
+    "model",
+    "error_type",
+    "term",
+)
 
 
 def statements(script: str) -> list[str]:

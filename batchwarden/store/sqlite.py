@@ -12,6 +12,7 @@ Timestamps are stored as ISO 8601 text in UTC, which sorts by time.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -58,6 +59,27 @@ class SqliteTx(Tx):
         self._connection.executemany(
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows
         )
+
+    def try_bulk_insert(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> bool:
+        self._connection.execute("SAVEPOINT bulk")
+        try:
+            self.bulk_insert(table, columns, rows)
+        except sqlite3.IntegrityError:
+            self._connection.execute("ROLLBACK TO SAVEPOINT bulk")
+            self._connection.execute("RELEASE SAVEPOINT bulk")
+            return False
+        self._connection.execute("RELEASE SAVEPOINT bulk")
+        return True
+
+    def count_unknown_items(self, job_id: str, custom_ids: Sequence[str]) -> int:
+        return self.one(
+            "SELECT count(*) FROM json_each(%s) AS c"
+            " WHERE NOT EXISTS (SELECT 1 FROM items i"
+            " WHERE i.job_id = %s AND i.custom_id = c.value)",
+            (json.dumps(list(custom_ids)), job_id),
+        )[0]
 
     def scratch_table(self, name: str, columns_sql: str) -> None:
         self._connection.execute(

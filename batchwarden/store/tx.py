@@ -21,6 +21,15 @@ class Tx(Protocol):
     ) -> None:
         """Insert many rows at once (COPY on PostgreSQL)."""
 
+    def try_bulk_insert(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> bool:
+        """`bulk_insert` inside a savepoint; False, with nothing inserted, if
+        a row repeats a key already in the table."""
+
+    def count_unknown_items(self, job_id: str, custom_ids: Sequence[str]) -> int:
+        """How many of `custom_ids` the job has no item for."""
+
     def scratch_table(self, name: str, columns_sql: str) -> None:
         """An empty temporary table, private to this transaction."""
 
