@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from batchwarden import ids
-from batchwarden.documents import callback_payload
-from batchwarden.pricing import PriceTable
-from batchwarden.states import ItemStatus, JobStatus
+from batchwarden.states import JobStatus
 from batchwarden.store.base import SqlStore
+from batchwarden.store.endings import JobEnd, end_job_if_done
 from batchwarden.store.queries import (
     BATCH_COLUMNS,
     JOB_COLUMNS,
@@ -28,7 +26,6 @@ from batchwarden.store.queries import (
     job_from_row,
     move_job,
     now,
-    read_detail,
     read_job,
     round_items,
 )
@@ -66,15 +63,6 @@ class Callback:
     payload: str
     attempts: int
     created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class JobEnd:
-    """A job the last chunk of results ended, and whether it has a callback."""
-
-    job_id: str
-    status: JobStatus
-    callback: bool
 
 
 class PipelineStore(SqlStore):
@@ -233,7 +221,7 @@ class PipelineStore(SqlStore):
                 " WHERE job_id = %s AND attempt = %s AND provider_batch_id IS NULL",
                 (job_id, attempt),
             )
-            return _end_job_if_done(tx, job_id, self.prices)
+            return end_job_if_done(tx, job_id, self.prices)
 
         return await self._fenced(term, skip)
 
@@ -351,9 +339,7 @@ class PipelineStore(SqlStore):
                 "UPDATE provider_batches SET results_stored_at = %s WHERE id = %s",
                 (now(), batch.id),
             )
-            return outcome, _end_job_if_done(
-                tx, batch.job_id, self.prices, max_attempts
-            )
+            return outcome, end_job_if_done(tx, batch.job_id, self.prices, max_attempts)
 
         return await self._fenced(term, write)
 
@@ -459,74 +445,6 @@ class PipelineStore(SqlStore):
             " WHERE callback_id = %s ORDER BY attempt"
         )
         return await self._run(lambda tx: tx.all(sql, (callback_id,)), write=False)
-
-
-def _end_job_if_done(
-    tx: Tx, job_id: str, prices: PriceTable, max_attempts: int = 1
-) -> JobEnd | None:
-    waiting = tx.one(
-        "SELECT count(*) FROM provider_batches WHERE job_id = %s"
-        " AND results_stored_at IS NULL"
-        " AND processing_status NOT IN ('vanished', 'skipped')",
-        (job_id,),
-    )[0]
-    job = read_job(tx, job_id)
-    if waiting or job.status is not JobStatus.RUNNING:
-        return None
-    if _plan_retry(tx, job, max_attempts):
-        return None
-    before = read_detail(tx, job_id, prices)
-    target = _terminal_status(job, before.item_counts)
-    detail = replace(before, job=move_job(tx, job_id, target, (JobStatus.RUNNING,)))
-    if job.callback_url is None:
-        return JobEnd(job_id, target, callback=False)
-    stamp = now()
-    tx.execute(
-        "INSERT INTO callbacks (id, job_id, url, payload, status, next_attempt_at,"
-        " created_at) VALUES (%s, %s, %s, %s, 'pending', %s, %s)"
-        " ON CONFLICT DO NOTHING",
-        (
-            ids.new_callback_id(),
-            job_id,
-            job.callback_url,
-            callback_payload(detail, stamp),
-            stamp,
-            stamp,
-        ),
-    )
-    return JobEnd(job_id, target, callback=True)
-
-
-def _plan_retry(tx: Tx, job: Job, max_attempts: int) -> bool:
-    """Record the first part of the next attempt, if any item ended
-    retryably and may try again; the submitter creates it."""
-    if job.cancel_requested_at is not None:
-        return False
-    (attempt, tracked) = tx.one(
-        "SELECT max(attempt), count(*) FILTER (WHERE first_position IS NULL)"
-        " FROM provider_batches WHERE job_id = %s",
-        (job.id,),
-    )
-    if tracked or attempt is None or attempt >= max_attempts:
-        return False
-    count = len(tx.all(round_items("i.custom_id"), (job.id, attempt)))
-    if not count:
-        return False
-    tx.execute(
-        "INSERT INTO provider_batches (job_id, attempt, processing_status,"
-        " request_count, first_position, created_at)"
-        " VALUES (%s, %s, 'creating', %s, 0, %s)",
-        (job.id, attempt + 1, count, now()),
-    )
-    return True
-
-
-def _terminal_status(job: Job, counts: dict[ItemStatus, int]) -> JobStatus:
-    if job.cancel_requested_at is not None:
-        return JobStatus.CANCELLED
-    if counts[ItemStatus.EXPIRED] or counts[ItemStatus.PENDING]:
-        return JobStatus.EXPIRED
-    return JobStatus.COMPLETED
 
 
 _POLLED_COLUMNS = (
