@@ -203,6 +203,22 @@ async def test_writing_the_same_results_twice_leaves_the_same_rows(store):
     assert detail.usage.input_tokens == 50 * 10
 
 
+async def test_retry_rounds_are_listed_only_while_their_job_runs(store):
+    term = await store.bump_term("test")
+    job = await job_in(store, JobStatus.RUNNING, term)
+    await store.add_provider_batch(
+        job.id,
+        attempt=2,
+        request_count=1,
+        first_position=0,
+        processing_status="creating",
+        term=term,
+    )
+    assert await store.retry_rounds() == [(job.id, 2)]
+    await store.fail_job(job.id, "the provider rejected the retry", term=term)
+    assert await store.retry_rounds() == []
+
+
 async def test_a_result_repeated_within_one_chunk_is_stored_once(store):
     """The fast path (one COPY) meets a duplicate key; nothing of it stays,
     and the careful path stores each result once."""

@@ -133,11 +133,13 @@ class PipelineStore(SqlStore):
         return [batch_from_row(row) for row in rows]
 
     async def retry_rounds(self) -> list[tuple[str, int]]:
-        """(job id, attempt) of retry rounds planned but not all created."""
+        """(job id, attempt) of retry rounds planned but not all created, of
+        jobs still running (a job that failed meanwhile needs no more)."""
         sql = (
-            "SELECT DISTINCT job_id, attempt FROM provider_batches"
-            " WHERE attempt > 1 AND processing_status = 'creating'"
-            " ORDER BY job_id, attempt"
+            "SELECT DISTINCT b.job_id, b.attempt FROM provider_batches b"
+            " JOIN jobs j ON j.id = b.job_id"
+            " WHERE b.attempt > 1 AND b.processing_status = 'creating'"
+            " AND j.status = 'running' ORDER BY b.job_id, b.attempt"
         )
         return await self._run(lambda tx: tx.all(sql), write=False)
 
