@@ -15,7 +15,6 @@ from typing import Any
 from batchwarden.callback_urls import CallbackPolicy, CallbackRefused
 from batchwarden.documents import (
     iso,
-    item_line,
     job_document,
     job_summary,
     result_line,
@@ -33,7 +32,6 @@ __all__ = [
     "cancel_job",
     "create_job",
     "iso",
-    "item_line",
     "job_document",
     "job_summary",
     "result_line",

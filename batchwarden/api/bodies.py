@@ -19,6 +19,7 @@ from batchwarden.api.errors import ApiError
 from batchwarden.errors import InvalidRequests
 from batchwarden.intake import Request as JobRequest
 from batchwarden.intake import validate_requests
+from batchwarden.service import check_metadata
 
 CREATE_FIELDS = ("requests", "provider_batch_id", "callback_url", "metadata")
 
@@ -91,11 +92,8 @@ def parse_create_sync(body: bytes) -> CreateJob:
 
 
 def _check_optional(value: dict) -> list[str]:
-    problems = []
+    problems = check_metadata(value.get("metadata"))
     url = value.get("callback_url")
     if url is not None and not isinstance(url, str):
         problems.append("callback_url: must be a string")
-    metadata = value.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        problems.append("metadata: must be a JSON object")
     return problems

@@ -80,7 +80,8 @@ def _plan_retry(tx: Tx, job: Job, max_attempts: int) -> bool:
     )
     if tracked or attempt is None or attempt >= max_attempts:
         return False
-    count = len(tx.all(round_items("i.custom_id"), (job.id, attempt)))
+    items = round_items("i.custom_id")
+    (count,) = tx.one(f"SELECT count(*) FROM ({items}) retried", (job.id, attempt))
     if not count:
         return False
     tx.execute(
