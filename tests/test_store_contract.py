@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -217,6 +218,43 @@ async def test_retry_rounds_are_listed_only_while_their_job_runs(store):
     assert await store.retry_rounds() == [(job.id, 2)]
     await store.fail_job(job.id, "the provider rejected the retry", term=term)
     assert await store.retry_rounds() == []
+
+
+async def _end(store, job_id: str, how: str, term: int) -> None:
+    if how == "user cancel":
+        await store.cancel_job(job_id)
+        return
+    await store.claim_jobs(term=term, limit=1)
+    if how == "cancel before submission":
+        await store.cancel_pending(job_id, term=term)
+    elif how == "provider rejection":
+        await store.fail_job(job_id, "rejected", term=term)
+    else:
+        batch = await store.add_provider_batch(
+            job_id, attempt=1, request_count=2, provider_batch_id="msgbatch_1",
+            first_position=0, term=term,
+        )  # fmt: skip
+        await store.vanish(batch.id, job_id, term=term)
+
+
+@pytest.mark.parametrize(
+    "how, status",
+    [
+        ("user cancel", "cancelled"),
+        ("cancel before submission", "cancelled"),
+        ("provider rejection", "failed"),
+        ("batch vanished", "failed"),
+    ],
+)
+async def test_every_way_a_job_ends_writes_its_callback(store, how, status):
+    term = await store.bump_term("test")
+    job, _ = await store.create_job(requests(2), callback_url="http://x.test/hook")
+    await _end(store, job.id, how, term)
+    assert (await store.get_job(job.id)).status.value == status
+    due = await store.lease_callbacks(term=term, limit=10, lease_s=5)
+    assert [(c.job_id, json.loads(c.payload)["type"]) for c in due] == [
+        (job.id, f"job.{status}")
+    ]
 
 
 async def test_a_result_repeated_within_one_chunk_is_stored_once(store):

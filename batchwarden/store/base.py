@@ -26,6 +26,7 @@ from batchwarden.errors import ConfigError, Conflict, StaleTerm
 from batchwarden.intake import Request
 from batchwarden.pricing import NO_PRICES, PriceTable
 from batchwarden.states import ItemStatus, JobStatus, sources_of
+from batchwarden.store.endings import end_job
 from batchwarden.store.queries import (
     BATCH_COLUMNS,
     ITEMS_PAGE,
@@ -231,9 +232,9 @@ class SqlStore:
         """The user's cancel of a job that has not been submitted yet."""
 
         def cancel(tx: Tx) -> Job:
-            return move_job(
-                tx, job_id, JobStatus.CANCELLED, sources=(JobStatus.CREATED,)
-            )
+            target, sources = JobStatus.CANCELLED, (JobStatus.CREATED,)
+            end_job(tx, job_id, target, sources, self.prices)
+            return read_job(tx, job_id)
 
         return await self._run(cancel, write=True)
 

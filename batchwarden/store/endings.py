@@ -5,11 +5,16 @@ skipped), either some items ended retryably and may try again, and the
 first part of the next attempt is recorded for the submitter, or the job
 moves to its terminal status and, with a callback URL, its callback row is
 written: results, status and outbox row commit together.
+
+The other ways a job ends (a cancel before submission, a rejection by the
+provider, a provider batch the provider lost) go through `end_job` too, so
+each terminal status has its callback row in the same transaction.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from batchwarden import ids
 from batchwarden.documents import callback_payload
@@ -46,11 +51,27 @@ def end_job_if_done(
         return None
     if _plan_retry(tx, job, max_attempts):
         return None
-    before = read_detail(tx, job_id, prices)
-    target = _terminal_status(job, before.item_counts)
-    detail = replace(before, job=move_job(tx, job_id, target, (JobStatus.RUNNING,)))
+    counts = read_detail(tx, job_id).item_counts
+    target = _terminal_status(job, counts)
+    return end_job(tx, job_id, target, (JobStatus.RUNNING,), prices)
+
+
+def end_job(
+    tx: Tx,
+    job_id: str,
+    target: JobStatus,
+    sources: Sequence[JobStatus],
+    prices: PriceTable,
+    *,
+    error: str | None = None,
+) -> JobEnd:
+    """Move the job from one of `sources` to the terminal `target` and,
+    with a callback URL, write its callback row: every way a job ends goes
+    through here, so no terminal status goes without its callback."""
+    job = move_job(tx, job_id, target, sources, error=error)
     if job.callback_url is None:
         return JobEnd(job_id, target, callback=False)
+    detail = read_detail(tx, job_id, prices)
     stamp = now()
     tx.execute(
         "INSERT INTO callbacks (id, job_id, url, payload, status, next_attempt_at,"

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from batchwarden.states import JobStatus
 from batchwarden.store.base import SqlStore
-from batchwarden.store.endings import JobEnd, end_job_if_done
+from batchwarden.store.endings import JobEnd, end_job, end_job_if_done
 from batchwarden.store.queries import (
     BATCH_COLUMNS,
     JOB_COLUMNS,
@@ -230,7 +230,8 @@ class PipelineStore(SqlStore):
     async def fail_job(self, job_id: str, error: str, *, term: int) -> Job:
         def fail(tx: Tx) -> Job:
             sources = (JobStatus.PENDING, JobStatus.RUNNING)
-            return move_job(tx, job_id, JobStatus.FAILED, sources, error=error)
+            end_job(tx, job_id, JobStatus.FAILED, sources, self.prices, error=error)
+            return read_job(tx, job_id)
 
         return await self._fenced(term, fail)
 
@@ -238,7 +239,9 @@ class PipelineStore(SqlStore):
         """A pending job whose cancel was asked before it reached the provider."""
 
         def cancel(tx: Tx) -> Job:
-            return move_job(tx, job_id, JobStatus.CANCELLED, (JobStatus.PENDING,))
+            target, sources = JobStatus.CANCELLED, (JobStatus.PENDING,)
+            end_job(tx, job_id, target, sources, self.prices)
+            return read_job(tx, job_id)
 
         return await self._fenced(term, cancel)
 
@@ -305,7 +308,7 @@ class PipelineStore(SqlStore):
             )
             sources = (JobStatus.PENDING, JobStatus.RUNNING)
             error = "the provider no longer knows one of the job's batches"
-            move_job(tx, job_id, JobStatus.FAILED, sources, error=error)
+            end_job(tx, job_id, JobStatus.FAILED, sources, self.prices, error=error)
 
         await self._fenced(term, vanish)
 
