@@ -60,7 +60,9 @@ def _free_port() -> int:
 class ThrowawayServer:
     """A PostgreSQL cluster in a temporary directory, gone after `stop`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *settings: str) -> None:
+        """`settings`: server settings such as `track_commit_timestamp=on`."""
+        self.settings = settings
         self.bindir = _bindir()
         self.root = Path(tempfile.mkdtemp(prefix="bw-pg-"))
         self.data = self.root / "data"
@@ -81,6 +83,7 @@ class ThrowawayServer:
         run(self._as_owner(*command), check=True, capture_output=True)
         pg_ctl = str(self.bindir / "pg_ctl")
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        options += "".join(f" -c {setting}" for setting in self.settings)
         start = [pg_ctl, "-D", str(self.data), "-o", options, "-w", "start"]
         log = ["-l", str(self.root / "log")]
         run(self._as_owner(*start, *log), check=True, capture_output=True)

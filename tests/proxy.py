@@ -6,6 +6,7 @@ from __future__ import annotations
 import select
 import socket
 import threading
+import time
 
 
 class SilenceableProxy:
@@ -20,11 +21,14 @@ class SilenceableProxy:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def silence(self) -> float:
-        import time
-
         self.silenced_at = time.time()
         self.silent.set()
         return self.silenced_at
+
+    def resume(self) -> None:
+        """The partition heals: forwarding starts again on every connection
+        that both ends still hold open."""
+        self.silent.clear()
 
     def close(self) -> None:
         self.closed.set()
@@ -38,7 +42,12 @@ class SilenceableProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(self.target)
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()  # the server is down: refuse, as it would
+                continue
+            upstream.settimeout(None)
             self._sockets += [client, upstream]
             threading.Thread(
                 target=self._pump, args=(client, upstream), daemon=True
@@ -46,18 +55,25 @@ class SilenceableProxy:
 
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
         peers = {a: b, b: a}
-        while not self.closed.is_set():
-            if self.silent.is_set():
-                self.closed.wait(0.1)
-                continue
-            try:
-                ready, _, _ = select.select([a, b], [], [], 0.05)
-                for sock in ready:
-                    data = sock.recv(65536)
-                    if not data:
-                        a.close()
-                        b.close()
-                        return
-                    peers[sock].sendall(data)
-            except OSError:
-                return
+        try:
+            while not self.closed.is_set():
+                if self.silent.is_set():
+                    self.closed.wait(0.1)
+                elif not self._forward(peers):
+                    return
+        except OSError:
+            return
+        finally:
+            a.close()
+            b.close()
+
+    @staticmethod
+    def _forward(peers: dict[socket.socket, socket.socket]) -> bool:
+        """Pass on what either end sent; False once one end has closed."""
+        ready, _, _ = select.select(list(peers), [], [], 0.05)
+        for sock in ready:
+            data = sock.recv(65536)
+            if not data:
+                return False
+            peers[sock].sendall(data)
+        return True

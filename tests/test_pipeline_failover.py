@@ -8,8 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psycopg
@@ -17,6 +15,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from tests.harness import SECRET
+from tests.receiver import ThreadedReceiver
 from tests.replicas import Replica, current_leader, wait_for
 
 pytestmark = pytest.mark.slow
@@ -25,26 +24,11 @@ SCRIPT = Path(sys.executable).parent / "batchwarden"
 ITEMS = 20_000
 
 
-class Receiver(BaseHTTPRequestHandler):
-    received: list[tuple[dict, str]] = []
-
-    def do_POST(self) -> None:  # noqa: N802 (the http.server hook's name)
-        body = self.rfile.read(int(self.headers["content-length"])).decode()
-        Receiver.received.append((dict(self.headers), body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
 def receiver():
-    Receiver.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
-    server.shutdown()
+    receiver = ThreadedReceiver()
+    yield receiver
+    receiver.down()
 
 
 def job_state(url: str, job_id: str) -> tuple[str, int]:
@@ -82,7 +66,7 @@ def test_leader_killed_mid_ingestion_loses_and_repeats_nothing(
             "BATCHWARDEN_CALLBACK_ALLOWLIST": "127.0.0.1",
         }
         submitted = subprocess.run(
-            [str(SCRIPT), "submit", str(requests), "--callback-url", receiver],
+            [str(SCRIPT), "submit", str(requests), "--callback-url", receiver.url],
             capture_output=True, text=True, env=env, check=True,
         )  # fmt: skip
         job_id = submitted.stdout.split()[0]
@@ -105,14 +89,13 @@ def test_leader_killed_mid_ingestion_loses_and_repeats_nothing(
         failures = [m for r in replicas.values() for m in r.messages()]
         assert not [m for m in failures if m.startswith("a worker failed")]
         assert len(terms) >= 2, "both leaders stored part of the results"
-        wait_for(lambda: Receiver.received, timeout=30)
+        wait_for(lambda: receiver.deliveries, timeout=30)
         checker = Webhook(SECRET)
-        payloads = [
-            checker.verify(body, headers) for headers, body in Receiver.received
-        ]
+        deliveries = receiver.deliveries
+        payloads = [checker.verify(d.body, d.headers) for d in deliveries]
         assert {p["data"]["id"] for p in payloads} == {job_id}
         assert payloads[0]["data"]["request_counts"]["succeeded"] == ITEMS
-        assert len({h["webhook-id"] for h, _ in Receiver.received}) == 1
+        assert len({d.headers["webhook-id"] for d in deliveries}) == 1
     finally:
         for replica in replicas.values():
             replica.stop()
