@@ -136,6 +136,19 @@ async def test_a_newer_term_found_by_a_worker_steps_down(autojump_clock):
     assert events[-1] == ("abort", 5.0)
 
 
+async def test_a_worker_that_loses_the_database_steps_down_without_a_crash(
+    autojump_clock, caplog
+):
+    events: list = []
+    session = ScriptedSession([0.0] * 100, events)
+    lost = StoreUnavailable("PostgreSQL: terminating connection")
+    lock_holder = holder(events, [worker(events, fail_at=3.0, error=lost)])
+    reason = await lock_holder.hold(LockAcquired(session, 0.0))
+    assert reason == "database unavailable"
+    assert events[-1] == ("abort", 3.0)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
 async def test_shutdown_releases_the_lock(autojump_clock):
     events: list = []
     stopping = trio.Event()

@@ -7,7 +7,8 @@ Owns: the lock session from acquisition to step-down, and the worker scope.
              -> leading: workers run in the worker scope; heartbeats run
                 beside them
              -> in doubt: a heartbeat failed or was late, the trust window
-                expired, a worker hit a newer term, or a worker failed
+                expired, a worker hit a newer term or lost the database,
+                or a worker failed
              -> cancel the worker scope, then close the lock connection,
                 then tell lock retry
 
@@ -34,7 +35,7 @@ import trio
 
 from batchwarden import logs
 from batchwarden.config import Settings
-from batchwarden.errors import RetryLater, StepDown
+from batchwarden.errors import RetryLater, StepDown, StoreUnavailable
 from batchwarden.store import SqlStore
 from batchwarden.supervisor.leadership import (
     LeaderActor,
@@ -167,6 +168,11 @@ class LockHolder:
             except* StepDown as group:
                 reason = "stale term"
                 log.warning("a worker found a newer term: %s", group.exceptions[0])
+            except* StoreUnavailable as group:
+                # Expected when the server restarts or the network drops:
+                # a new term starts once the database answers again.
+                reason = "database unavailable"
+                log.warning("a worker lost the database: %s", group.exceptions[0])
             except* Exception as group:
                 reason = "worker failed"
                 log.error("a worker failed", exc_info=group.exceptions[0])
