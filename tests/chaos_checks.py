@@ -17,7 +17,8 @@ what they stored or said, and adds figures and violations to `Findings`:
 - leadership: each replica's own log of the terms it led, against the term
   table; where two replicas believed they led at once, the older leader
   must have been cut off, frozen or killed with the server since at least
-  a trust window before the newer one began.
+  a trust window before the newer one began;
+- logs: no replica logged an error (a worker that crashed).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def check(soak: Soak) -> Findings:
         check_fencing(db, findings)
         terms = logged_terms(soak, db, findings)
     check_leadership(soak, terms, findings)
+    check_logs(soak, findings)
     findings.figures["faults injected"] = dict(sorted(soak.faults.items()))
     provider_faults = soak.mock_statistics()["faults_injected"]
     findings.figures["provider faults injected"] = provider_faults
@@ -220,6 +222,7 @@ def check_callbacks(
         headers = {k.lower(): v for k, v in delivery.headers.items()}
         if not _signed(signer, headers, delivery.body):
             bad_signatures += 1
+            continue
         payload = json.loads(delivery.body)
         by_job[payload["data"]["id"]].append((headers["webhook-id"], payload))
     if bad_signatures:
@@ -303,8 +306,10 @@ def _terms_of(incarnation: Incarnation, ended_at: float) -> list[Term]:
         message = event["message"]
         if message.startswith("leading in term "):
             term = event["term"]
-            end = incarnation.killed_at or ended_at
-            terms.append(Term(term, incarnation.name, incarnation, at, end, "running"))
+            end, reason = ended_at, "running at the end"
+            if incarnation.killed_at is not None:
+                end, reason = incarnation.killed_at, "killed"
+            terms.append(Term(term, incarnation.name, incarnation, at, end, reason))
         elif message.startswith("stepped down: ") and terms:
             terms[-1].end = at
             terms[-1].reason = message.removeprefix("stepped down: ")
@@ -368,3 +373,16 @@ def _longest_gap(soak: Soak, terms: list[Term]) -> float:
         longest = max(longest, start - covered)
         covered = max(covered, end)
     return longest
+
+
+def check_logs(soak: Soak, findings: Findings) -> None:
+    """Faults cost time, not crashes: no replica logs an error."""
+    errors = Counter(
+        event["message"]
+        for incarnation in soak.incarnations
+        for event in incarnation.replica.events()
+        if event.get("level") == "error"
+    )
+    findings.figures["errors logged"] = dict(errors)
+    for message, count in errors.items():
+        findings.fail(f"logged {count} times at error level: {message}")

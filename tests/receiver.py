@@ -3,7 +3,8 @@
 It can go down (nothing listens on its port: connections are refused),
 come back up on the same port, and turn slow (it answers only after
 `delay` seconds). Every delivery it answered is kept with its headers,
-body and arrival time.
+body and arrival time; a request cut off mid-body (its sender died) is
+not one.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_POST(self) -> None:  # noqa: N802 (the http.server hook's name)
-        body = self.rfile.read(int(self.headers["content-length"])).decode()
+        length = int(self.headers["content-length"])
+        body = self.rfile.read(length).decode(errors="replace")
+        if len(body.encode()) < length:
+            return  # the sender went away mid-body: no request, no answer
         receiver = self.server.receiver
         time.sleep(receiver.delay)
         receiver.deliveries.append(Delivery(time.time(), dict(self.headers), body))
