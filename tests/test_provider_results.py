@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from batchwarden.providers.anthropic import MalformedResult, parse_result
+from batchwarden.providers.anthropic import LineSplitter, MalformedResult, parse_result
 from batchwarden.states import ItemStatus
 
 
@@ -47,3 +47,11 @@ def test_odd_usage_and_model_values_are_stored_as_nothing_not_a_crash():
 def test_a_line_that_is_not_a_result_is_malformed(text):
     with pytest.raises(MalformedResult):
         parse_result(text)
+
+
+def test_lines_split_across_reads_come_out_whole_and_once():
+    text = '{"a":"é"}\r\n\n{"b":2}\n{"c":3}'.encode()
+    for cut in range(1, len(text)):
+        splitter = LineSplitter()
+        lines = splitter.feed(text[:cut]) + splitter.feed(text[cut:]) + splitter.end()
+        assert lines == ['{"a":"é"}', '{"b":2}', '{"c":3}'], cut

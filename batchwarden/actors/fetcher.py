@@ -93,14 +93,14 @@ async def _read_chunks(
     context: LeaderContext,
     send: trio.MemorySendChannel[list[ResultRow]],
 ) -> None:
-    chunk_size = context.settings.results_chunk
+    size = context.settings.results_chunk
     chunk: list[ResultRow] = []
-    async with send, aclosing(provider.results(batch.provider_batch_id)) as rows:
-        async for row in rows:
-            chunk.append(row)
-            if len(chunk) == chunk_size:
-                await send.send(chunk)
-                chunk = []
+    async with send, aclosing(provider.results(batch.provider_batch_id)) as pieces:
+        async for piece in pieces:
+            chunk += piece
+            while len(chunk) >= size:
+                await send.send(chunk[:size])
+                chunk = chunk[size:]
         if chunk:
             await send.send(chunk)
 
