@@ -331,8 +331,11 @@ def check_leadership(soak: Soak, terms: list[Term], findings: Findings) -> None:
     reasons = Counter(t.reason for t in terms)
     findings.figures["step-downs by reason"] = dict(reasons.most_common())
     findings.figures["overlapping beliefs (older leader impaired)"] = len(overlaps)
-    findings.figures["longest time without a leader (s)"] = round(
-        _longest_gap(soak, terms), 2
+    gap, at = _longest_gap(soak, terms)
+    findings.figures["longest time without a leader (s)"] = round(gap, 2)
+    findings.figures["... which began (s into the soak)"] = round(at - soak.started_at)
+    findings.figures["step-downs with no fault on that leader"] = sum(
+        1 for term in terms if _unprovoked(soak, term)
     )
 
 
@@ -359,8 +362,9 @@ def _lost_trust(soak: Soak, older: Term, newer_start: float) -> bool:
     )
 
 
-def _longest_gap(soak: Soak, terms: list[Term]) -> float:
-    """The longest stretch with no replica able to act as leader."""
+def _longest_gap(soak: Soak, terms: list[Term]) -> tuple[float, float]:
+    """The longest stretch with no replica able to act as leader, and when
+    it began."""
     spans = []
     for term in terms:
         ends = [term.end] + [
@@ -368,11 +372,23 @@ def _longest_gap(soak: Soak, terms: list[Term]) -> float:
         ]
         spans.append((term.start, min(ends)))
     spans.sort()
-    longest, covered = 0.0, spans[0][1] if spans else 0.0
+    longest, began = 0.0, soak.started_at
+    covered = spans[0][1] if spans else 0.0
     for start, end in spans[1:]:
-        longest = max(longest, start - covered)
+        if start - covered > longest:
+            longest, began = start - covered, covered
         covered = max(covered, end)
-    return longest
+    return longest, began
+
+
+def _unprovoked(soak: Soak, term: Term) -> bool:
+    """A step-down that no fault explains: the leader was not frozen, cut
+    off or killed, and PostgreSQL did not restart, while it led."""
+    if term.reason in ("shutdown", "running at the end", "killed"):
+        return False
+    return not any(
+        term.start <= at <= term.end for at in _impairments(soak, term.incarnation)
+    )
 
 
 def check_logs(soak: Soak, findings: Findings) -> None:
