@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from functools import partial
 
 import pytest
 import trio
@@ -378,6 +379,35 @@ async def test_a_term_bump_waits_for_an_open_fenced_transaction(database_url):
         assert (await leader.get_job(job.id)).status is JobStatus.RUNNING
         with pytest.raises(StaleTerm):
             await leader.transition(job.id, JobStatus.COMPLETED, term=term)
+
+
+async def test_a_claim_racing_a_user_cancel_leaves_the_job_cancelled(database_url):
+    """A claim whose scan saw the job `created` must not move it once a
+    concurrent cancel has committed: `cancelled` is terminal."""
+    async with _two_stores(database_url) as (leader, user):
+        term = await leader.bump_term("leader")
+        job, _ = await user.create_job(requests(1))
+        cancelled, may_commit = threading.Event(), threading.Event()
+
+        def cancel_then_wait(tx):
+            sql = "UPDATE jobs SET status = 'cancelled' WHERE id = %s"
+            tx.execute(sql, (job.id,))
+            cancelled.set()
+            may_commit.wait(10)
+
+        claimed: list = []
+
+        async def claim() -> None:
+            claimed.extend(await leader.claim_jobs(term=term, limit=10))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(user._run, cancel_then_wait, write=True))
+            await trio.to_thread.run_sync(cancelled.wait, 10)
+            nursery.start_soon(claim)
+            await trio.sleep(0.3)
+            may_commit.set()
+        assert claimed == []
+        assert (await leader.get_job(job.id)).status is JobStatus.CANCELLED
 
 
 async def _bump_into(store, bumped: list[int]) -> None:

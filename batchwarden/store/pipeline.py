@@ -99,10 +99,20 @@ class PipelineStore(SqlStore):
         def claim(tx: Tx) -> list[Job]:
             stamp = now()
             rows = tx.all(
+                # The outer status test is not redundant: a row the scan
+                # saw `created` may have been cancelled since, and only the
+                # outer WHERE is checked again against the row as committed.
                 "UPDATE jobs SET status = %s, claim_term = %s, updated_at = %s"
-                " WHERE id IN (SELECT id FROM jobs WHERE status = %s"
+                " WHERE status = %s AND id IN (SELECT id FROM jobs WHERE status = %s"
                 f" ORDER BY id LIMIT %s) RETURNING {JOB_COLUMNS}",
-                (JobStatus.PENDING.value, term, stamp, JobStatus.CREATED.value, limit),
+                (
+                    JobStatus.PENDING.value,
+                    term,
+                    stamp,
+                    JobStatus.CREATED.value,
+                    JobStatus.CREATED.value,
+                    limit,
+                ),
             )
             return sorted((job_from_row(row) for row in rows), key=lambda job: job.id)
 
@@ -379,7 +389,8 @@ class PipelineStore(SqlStore):
             stamp = now()
             rows = tx.all(
                 "UPDATE callbacks SET lease_term = %s, next_attempt_at = %s"
-                " WHERE id IN (SELECT id FROM callbacks WHERE status = 'pending'"
+                " WHERE status = 'pending'"
+                " AND id IN (SELECT id FROM callbacks WHERE status = 'pending'"
                 " AND next_attempt_at <= %s ORDER BY next_attempt_at LIMIT %s)"
                 " RETURNING id, job_id, url, payload, attempts, created_at",
                 (term, stamp + timedelta(seconds=lease_s), stamp, limit),
