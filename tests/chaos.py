@@ -100,6 +100,7 @@ class Submission:
     number: int
     body: dict
     job_id: str | None = None
+    cancel_tried: bool = False
     cancel_answer: int | None = None
 
 
@@ -361,6 +362,7 @@ class Soak:
         if not chosen:
             return
         submission = self.random.choice(chosen)
+        submission.cancel_tried = True
         for incarnation in self._answering():
             url = f"{incarnation.replica.url}/v1/jobs/{submission.job_id}/cancel"
             try:
