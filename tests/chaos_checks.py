@@ -342,9 +342,12 @@ def check_leadership(soak: Soak, terms: list[Term], findings: Findings) -> None:
     )
 
 
-def _impairments(soak: Soak, incarnation: Incarnation) -> list[float]:
+def _impairments(
+    soak: Soak, incarnation: Incarnation, *, frozen: bool = True
+) -> list[float]:
     """When this process stopped being able to act as a leader."""
-    starts = [span[0] for span in incarnation.frozen + incarnation.silenced]
+    spans = incarnation.silenced + (incarnation.frozen if frozen else [])
+    starts = [span[0] for span in spans]
     starts += [at for at, kind, _ in soak.events if kind == "postgres"]
     if incarnation.killed_at is not None:
         starts.append(incarnation.killed_at)
@@ -368,13 +371,7 @@ def _lost_trust(soak: Soak, older: Term, newer_start: float) -> bool:
 def _longest_gap(soak: Soak, terms: list[Term]) -> tuple[float, float]:
     """The longest stretch with no replica able to act as leader, and when
     it began."""
-    spans = []
-    for term in terms:
-        ends = [term.end] + [
-            at for at in _impairments(soak, term.incarnation) if at >= term.start
-        ]
-        spans.append((term.start, min(ends)))
-    spans.sort()
+    spans = sorted(span for term in terms for span in _acting(soak, term))
     longest, began = 0.0, soak.started_at
     covered = spans[0][1] if spans else 0.0
     for start, end in spans[1:]:
@@ -382,6 +379,28 @@ def _longest_gap(soak: Soak, terms: list[Term]) -> tuple[float, float]:
             longest, began = start - covered, covered
         covered = max(covered, end)
     return longest, began
+
+
+def _acting(soak: Soak, term: Term) -> list[tuple[float, float]]:
+    """The stretches of a term in which its leader could act: the term less
+    the time it was frozen, and less everything after it was cut off,
+    killed, or its server restarted (each of which ends a term)."""
+    end = min(
+        [term.end]
+        + [
+            at
+            for at in _impairments(soak, term.incarnation, frozen=False)
+            if at >= term.start
+        ]
+    )
+    spans, start = [], term.start
+    for stopped, resumed in sorted(term.incarnation.frozen):
+        if stopped >= end or (resumed is not None and resumed <= start):
+            continue
+        spans.append((start, max(start, stopped)))
+        start = resumed if resumed is not None else end
+    spans.append((start, end))
+    return [(a, b) for a, b in spans if b > a]
 
 
 def _unprovoked(soak: Soak, term: Term) -> bool:
