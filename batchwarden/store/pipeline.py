@@ -97,7 +97,7 @@ class PipelineStore(SqlStore):
         """Move up to `limit` created jobs, oldest first, to pending."""
 
         def claim(tx: Tx) -> list[Job]:
-            stamp = now()
+            stamp, created = now(), JobStatus.CREATED.value
             rows = tx.all(
                 # The outer status test is not redundant: a row the scan
                 # saw `created` may have been cancelled since, and only the
@@ -105,14 +105,7 @@ class PipelineStore(SqlStore):
                 "UPDATE jobs SET status = %s, claim_term = %s, updated_at = %s"
                 " WHERE status = %s AND id IN (SELECT id FROM jobs WHERE status = %s"
                 f" ORDER BY id LIMIT %s) RETURNING {JOB_COLUMNS}",
-                (
-                    JobStatus.PENDING.value,
-                    term,
-                    stamp,
-                    JobStatus.CREATED.value,
-                    JobStatus.CREATED.value,
-                    limit,
-                ),
+                (JobStatus.PENDING.value, term, stamp, created, created, limit),
             )
             return sorted((job_from_row(row) for row in rows), key=lambda job: job.id)
 
