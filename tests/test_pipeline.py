@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import httpx
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from batchwarden import service
 from batchwarden.actors import poller
@@ -94,6 +96,59 @@ async def test_outcomes_match_the_providers_item_by_item(harness):
     assert {i.custom_id: i.status.value for i in items} == {
         c: r["outcome"] for c, r in truth.items()
     }
+
+
+HI = [{"role": "user", "content": "say hi"}]
+
+
+def two_model_requests(count: int) -> list[Request]:
+    models = ("claude-sonnet-4-5", "claude-haiku-4-5")
+    return [
+        Request(
+            f"item-{i:06d}",
+            json.dumps({"model": models[i % 2], "max_tokens": 64, "messages": HI}),
+        )
+        for i in range(count)
+    ]
+
+
+def token_counters(exposition: str) -> dict[tuple[str, str], float]:
+    return {
+        (sample.labels["model"], sample.labels["kind"]): sample.value
+        for family in text_string_to_metric_families(exposition)
+        if family.name == "batchwarden_tokens"
+        for sample in family.samples
+    }
+
+
+async def test_tokens_are_counted_by_model_once_though_streams_break(harness):
+    """The tokens counter matches the provider's usage of succeeded items,
+    model by model, with results in many chunks, streams cut midway (a
+    fetch that is repeated counts nothing twice) and stray custom_ids in
+    the last chunk (dropped, so not counted)."""
+    await harness.start_servers()
+    harness.provider.behaviour.mix = (0.7, 0.2, 0.1)
+    harness.provider.faults.plan = FaultPlan.from_document(
+        {"rates": {"results": {"truncate": 0.4, "unknown_ids": 0.4}}}
+    )
+    url = await harness.serve(
+        item_max_attempts=1, results_chunk=40, batch_max_requests=100
+    )
+    job, _ = await harness.store.create_job(two_model_requests(610))
+    ended = await wait_terminal(harness.store, job.id, timeout=60)
+    assert ended.status is JobStatus.EXPIRED, ended.error  # some items expired
+    expected: dict[tuple[str, str], int] = {}
+    for record in (await records(harness, job.id)).values():
+        if record["outcome"] == "succeeded":
+            for kind in ("input_tokens", "output_tokens"):
+                key = (record["model"], kind)
+                expected[key] = expected.get(key, 0) + record[kind]
+    async with httpx.AsyncClient() as client:
+        exposition = (await client.get(f"{url}/metrics")).text
+    injected = harness.provider.faults.counts()["results"]
+    assert injected["truncate"] > 0 and injected["unknown_ids"] > 0
+    assert len({model for model, _ in expected}) == 2
+    assert token_counters(exposition) == expected
 
 
 async def attempts_at_the_provider(harness: Harness, job_id: str) -> dict:

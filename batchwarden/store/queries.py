@@ -20,6 +20,7 @@ from batchwarden.store.records import (
     JobDetail,
     ProviderBatch,
     ResultRow,
+    Tally,
     Usage,
     WriteOutcome,
 )
@@ -79,11 +80,15 @@ def append_results(
     if adopt_items:
         tx.execute(_ADOPT_ITEMS, (job_id, job_id, job_id))
         tx.execute(_COUNT_ITEMS, (job_id, job_id))
-    stored = tx.execute(_APPEND_RESULTS, (job_id, attempt, batch_id, term, job_id))
+    returned = tx.all(_APPEND_RESULTS, (job_id, attempt, batch_id, term, job_id))
+    stored = len(returned)
+    tally = Tally.of(
+        (status, model, Usage(*usage)) for status, model, *usage in returned
+    )
     if stored == len(rows):
-        return WriteOutcome(stored, 0, 0)
+        return WriteOutcome(stored, 0, 0, tally)
     unknown = tx.one(_COUNT_UNKNOWN, (job_id,))[0]
-    return WriteOutcome(stored, len(rows) - stored - unknown, unknown)
+    return WriteOutcome(stored, len(rows) - stored - unknown, unknown, tally)
 
 
 def _append_fresh(
@@ -106,7 +111,8 @@ def _append_fresh(
     ]
     if not tx.try_bulk_insert("item_results", RESULT_COLUMNS, records):
         return None
-    return WriteOutcome(len(rows), 0, 0)
+    tally = Tally.of((row.status.value, row.model, row.usage) for row in rows)
+    return WriteOutcome(len(rows), 0, 0, tally)
 
 
 RESULT_COLUMNS = (
@@ -303,6 +309,8 @@ WHERE EXISTS (
     SELECT 1 FROM items i WHERE i.job_id = %s AND i.custom_id = n.custom_id
 )
 ON CONFLICT DO NOTHING
+RETURNING status, model, input_tokens, output_tokens,
+    cache_creation_input_tokens, cache_read_input_tokens
 """
 
 # Positions continue after the job's last item, in custom_id order per chunk.

@@ -7,6 +7,8 @@ times as much to build (1.9 µs against 0.6 µs on this machine class).
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -115,13 +117,40 @@ class ItemRow:
 
 
 @dataclass(frozen=True, slots=True)
+class Tally:
+    """What a transaction stored, for the metrics: results by item status
+    and, of succeeded results, token sums by model."""
+
+    by_status: dict[str, int] = field(default_factory=dict)
+    tokens_by_model: dict[str, Usage] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, rows: Iterable[tuple[str, str | None, Usage]]) -> Tally:
+        """From (status, model, usage) of each stored result; the tokens are
+        summed a column at a time (adding `Usage` records one by one cost a
+        third of a second per 100,000 results)."""
+        by_status: Counter[str] = Counter()
+        usages: defaultdict[str, list[Usage]] = defaultdict(list)
+        for status, model, usage in rows:
+            by_status[status] += 1
+            if status == "succeeded":
+                usages[model or "unknown"].append(usage)
+        tokens = {
+            model: Usage(*map(sum, zip(*u, strict=True))) for model, u in usages.items()
+        }
+        return cls(dict(by_status), tokens)
+
+
+@dataclass(frozen=True, slots=True)
 class WriteOutcome:
     """What a chunk of results did: rows stored now, rows stored before
-    (a repeated fetch), and rows whose custom_id the job does not have."""
+    (a repeated fetch), and rows whose custom_id the job does not have;
+    `tally` describes the rows stored now, and only those."""
 
     stored: int
     already_stored: int
     unknown: int
+    tally: Tally = field(default_factory=Tally)
 
 
 @dataclass(frozen=True, slots=True)
