@@ -9,7 +9,11 @@ process, each figure next to a floor measured in the same run.
     (stream, parse, write in fenced chunks) against a bare COPY of the same
     rows into an unindexed table (the faster of text and binary COPY); with
     the process's peak RSS while ingesting, for M and for M/5, to show it
-    does not follow batch size.
+    does not follow batch size. Beside it, where the time goes: the CPU
+    seconds of this process, of the store's PostgreSQL backends and of the
+    mock during the ingest, and a second floor, a bare binary COPY of the
+    same rows into a table with `item_results`' primary key (the key that
+    stores each result once), with its backend's CPU seconds.
 (c) J jobs of K items (default 500 x 100) from submit to delivered callback
     with a replica running, against a bare client doing the provider's part
     (create, poll until ended, stream results) at the same concurrency.
@@ -22,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
 from contextlib import aclosing
+from dataclasses import dataclass
 from pathlib import Path
 
 import anthropic
@@ -151,7 +157,51 @@ def rss_mb() -> float:
     return 0.0
 
 
-async def ingest_phase(url: str, mock_url: str, count: int):
+class CpuSeconds:
+    """User and system CPU seconds of processes, from /proc, over a span:
+    this process, the mock's, and the database backends named `bench`
+    (those that start during the span count from zero)."""
+
+    def __init__(self, url: str, mock_pid: int) -> None:
+        self.url = url
+        self.pids = {"ours": [os.getpid()], "mock": [mock_pid]}
+        self.spent: dict[str, float] = {}
+
+    def __enter__(self) -> CpuSeconds:
+        self.pids["postgres"] = backend_pids(self.url)
+        self.start = {
+            pid: cpu_seconds(pid) for pids in self.pids.values() for pid in pids
+        }
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.pids["postgres"] = sorted(
+            {*self.pids["postgres"], *backend_pids(self.url)}
+        )
+        for name, pids in self.pids.items():
+            self.spent[name] = sum(
+                cpu_seconds(pid) - self.start.get(pid, 0.0) for pid in pids
+            )
+
+
+def backend_pids(url: str) -> list[int]:
+    with psycopg.connect(url, autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s",
+            ("batchwarden:bench%",),
+        ).fetchall()
+    return [pid for (pid,) in rows]
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def ingest_phase(url: str, mock_url: str, mock_pid: int, count: int):
     async with open_store(url, instance_id="bench") as store:
         term = await store.bump_term("bench")
         context = context_for(store, url, mock_url, term)
@@ -163,7 +213,7 @@ async def ingest_phase(url: str, mock_url: str, count: int):
         await poll_cycle(context, adapter, FetchQueue(trio.open_memory_channel(1)[0]))
         [batch] = await store.unfetched_batches()
         pokes, _ = trio.open_memory_channel(1)
-        with PeakRss() as memory:
+        with PeakRss() as memory, CpuSeconds(url, mock_pid) as cpu:
             started = time.perf_counter()
             await ingest(context, adapter, batch, pokes)
             seconds = time.perf_counter() - started
@@ -171,7 +221,19 @@ async def ingest_phase(url: str, mock_url: str, count: int):
         async with aclosing(adapter.results(batch.provider_batch_id)) as pieces:
             async for piece in pieces:
                 rows += map(incoming_row, piece)
-    return seconds, memory, await trio.to_thread.run_sync(copy_floor, url, rows)
+    floor = await trio.to_thread.run_sync(copy_floor, url, rows)
+    keyed = await trio.to_thread.run_sync(keyed_floor, url, batch, rows)
+    return Ingest(seconds, memory, cpu.spent, floor, *keyed)
+
+
+@dataclass
+class Ingest:
+    seconds: float
+    memory: PeakRss
+    cpu: dict[str, float]
+    floor_s: float
+    keyed_s: float
+    keyed_backend_cpu: float
 
 
 def copy_floor(url: str, rows: list[tuple]) -> float:
@@ -191,6 +253,33 @@ def copy_floor(url: str, rows: list[tuple]) -> float:
             connection.commit()
             times.append(_timed_copy(connection, rows, binary))
         return min(times)
+
+
+def keyed_floor(url: str, batch, rows: list[tuple]) -> tuple[float, float]:
+    """A bare binary COPY of the same rows, with the columns batchwarden
+    stores, into a table with `item_results`' primary key: (seconds, the
+    backend's CPU seconds)."""
+    head = (batch.job_id,)
+    tail = (1, batch.id)
+    records = [head + row[:1] + tail + row[1:] + (1,) for row in rows]
+    columns = ("job_id", "custom_id", "attempt", "batch_id", *INCOMING_COLUMNS[1:])
+    columns += ("term",)
+    with psycopg.connect(url) as connection:
+        connection.execute("CREATE TABLE floor_keyed (LIKE item_results INCLUDING ALL)")
+        connection.commit()
+        (pid,) = connection.execute("SELECT pg_backend_pid()").fetchone()
+        types = ["text", "text", "int4", "int8", "text", "text"] + ["int8"] * 4
+        types += ["text", "text", "int8"]
+        cpu, started = cpu_seconds(pid), time.perf_counter()
+        statement = (
+            f"COPY floor_keyed ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+        )
+        with connection.cursor().copy(statement) as copy:
+            copy.set_types(types)
+            for record in records:
+                copy.write_row(record)
+        connection.commit()
+        return time.perf_counter() - started, cpu_seconds(pid) - cpu
 
 
 def _timed_copy(connection: psycopg.Connection, rows: list[tuple], binary: bool):
@@ -290,7 +379,7 @@ def main() -> None:
     mock, mock_url = start_mock("0.5")
     try:
         if "b" in args.phases:
-            run_ingest(args, mock_url)
+            run_ingest(args, mock, mock_url)
         if "c" in args.phases:
             run_jobs(args, mock_url)
     finally:
@@ -310,15 +399,23 @@ def run_poll(args: argparse.Namespace) -> None:
         mock.terminate()
 
 
-def run_ingest(args: argparse.Namespace, mock_url: str) -> None:
+def run_ingest(args: argparse.Namespace, mock: subprocess.Popen, mock_url: str):
     for count in (args.items // 5, *[args.items] * args.rounds):
         with ScratchDatabase(args.postgres_url) as url:
-            seconds, memory, floor = trio.run(ingest_phase, url, mock_url, count)
+            run = trio.run(ingest_phase, url, mock_url, mock.pid, count)
+        seconds, memory, floor = run.seconds, run.memory, run.floor_s
         print(
             f"(b) ingest {count:,} items: {count / seconds:,.0f} items/s"
             f" ({seconds:.2f} s); bare COPY {count / floor:,.0f} items/s;"
             f" ratio {seconds / floor:.2f}x; RSS {memory.start_mb:.0f} MB before,"
             f" peak {memory.peak_mb:.0f} MB while ingesting"
+        )
+        spent = ", ".join(f"{name} {cpu:.2f}" for name, cpu in run.cpu.items())
+        print(
+            f"    CPU seconds while ingesting: {spent}; bare COPY into a table"
+            f" with the primary key {run.keyed_s:.2f} s"
+            f" ({run.keyed_s / floor:.2f}x the bare COPY),"
+            f" its backend's CPU {run.keyed_backend_cpu:.2f} s"
         )
 
 
