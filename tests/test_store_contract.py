@@ -288,6 +288,32 @@ async def test_results_for_unknown_custom_ids_are_counted_not_stored(store):
     assert detail.item_counts[ItemStatus.PENDING] == 2
 
 
+@pytest.mark.parametrize(
+    ("custom_ids", "stored"),
+    [
+        (["req-000000", "req-000001\nreq-000000"], 1),
+        ([""], 0),
+        (["", "req-000001\n"], 0),
+    ],
+    ids=["known ids joined by a newline", "the empty id alone", "empty and newline"],
+)
+async def test_custom_ids_that_split_into_known_ones_are_still_unknown(
+    store, custom_ids, stored
+):
+    """A stray id made of known ids and newlines (or the empty id) is not
+    taken for the known ids it contains."""
+    term = await store.bump_term("test")
+    job = await job_in(store, JobStatus.RUNNING, term, count=3)
+    batch = await store.add_provider_batch(
+        job.id, attempt=1, request_count=3, term=term
+    )
+    rows = [succeeded(custom_id) for custom_id in custom_ids]
+    outcome = await store.write_results(job.id, batch.id, 1, rows, term=term)
+    assert (outcome.stored, outcome.unknown) == (stored, len(custom_ids) - stored)
+    detail = await store.job_detail(job.id)
+    assert detail.item_counts[ItemStatus.PENDING] == 3 - stored
+
+
 async def test_an_item_shows_its_latest_attempt(store):
     term = await store.bump_term("test")
     job = await job_in(store, JobStatus.RUNNING, term, count=1)

@@ -103,14 +103,22 @@ class PgTx(Tx):
         # chunk of a large job is compared with its own range of items, not
         # with all of them (measured over a 100,000-item ingest: 36 ms per
         # chunk of 10,000 instead of 70 ms; no slower for shuffled ids).
+        # The ids travel as one string, split by the server: adapting a
+        # list of 10,000 strings into an array took 7 ms of this process
+        # per chunk, joining them 0.8 ms.
         ids = list(custom_ids)
         if not ids:
             return 0
+        joined = "\n".join(ids)
+        if joined and joined.count("\n") == len(ids) - 1:
+            values, param = "string_to_array(%s, E'\\n')", joined
+        else:  # an id holds a newline, or is the one empty id: not splittable
+            values, param = "%s::text[]", ids
         return self.one(
-            "SELECT count(*) FROM unnest(%s::text[]) AS c (custom_id)"
+            f"SELECT count(*) FROM unnest({values}) AS c (custom_id)"
             " WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.job_id = %s"
             " AND i.custom_id = c.custom_id AND i.custom_id BETWEEN %s AND %s)",
-            (ids, job_id, min(ids), max(ids)),
+            (param, job_id, min(ids), max(ids)),
         )[0]
 
     def scratch_table(self, name: str, columns_sql: str) -> None:

@@ -111,7 +111,7 @@ def _append_fresh(
     ]
     if not tx.try_bulk_insert("item_results", RESULT_COLUMNS, records):
         return None
-    tally = Tally.of((row.status.value, row.model, row.usage) for row in rows)
+    tally = Tally.of_results(rows)
     return WriteOutcome(len(rows), 0, 0, tally)
 
 

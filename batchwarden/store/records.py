@@ -8,9 +8,10 @@ times as much to build (1.9 µs against 0.6 µs on this machine class).
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from batchwarden.states import ItemStatus, JobStatus
@@ -135,10 +136,28 @@ class Tally:
             by_status[status] += 1
             if status == "succeeded":
                 usages[model or "unknown"].append(usage)
-        tokens = {
-            model: Usage(*map(sum, zip(*u, strict=True))) for model, u in usages.items()
-        }
-        return cls(dict(by_status), tokens)
+        return cls(dict(by_status), _sums(usages))
+
+    @classmethod
+    def of_results(cls, rows: Sequence[ResultRow]) -> Tally:
+        """The same, from the rows of a chunk stored whole; counting the
+        statuses in one pass of C (the rows are their own tuples) halves
+        the time of the generic way."""
+        counted = Counter(map(itemgetter(1), rows))
+        usages: defaultdict[str, list[Usage]] = defaultdict(list)
+        for _, status, _, usage, model, _ in rows:
+            if status is ItemStatus.SUCCEEDED:
+                usages[model or "unknown"].append(usage)
+        by_status = {status.value: n for status, n in counted.items()}
+        return cls(by_status, _sums(usages))
+
+
+def _sums(usages: dict[str, list[Usage]]) -> dict[str, Usage]:
+    """Token counts of each model, summed a column at a time."""
+    return {
+        model: Usage(*map(sum, zip(*counts, strict=True)))
+        for model, counts in usages.items()
+    }
 
 
 @dataclass(frozen=True, slots=True)
