@@ -343,6 +343,7 @@ def _run_replica(args: argparse.Namespace) -> int:
         logs.configure(settings.log_level, settings.log_format)
         tracing.configure(settings.instance_id)
         actors = [supervisor.load_actor(spec) for spec in args.leader_actor]
+        supervisor.freeze_startup_heap()
         trio.run(supervisor.run, settings, actors)
     except BatchwardenError as exc:
         return _report(exc)

@@ -373,6 +373,8 @@ def main() -> None:
     )
     add_postgres_url(parser)
     args = parser.parse_args()
+    # As `batchwarden run` does once its modules are loaded.
+    supervisor.freeze_startup_heap()
     print(machine(), "; mock provider in its own process; PostgreSQL store")
     if "a" in args.phases:
         run_poll(args)

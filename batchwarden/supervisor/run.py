@@ -13,6 +13,7 @@ three 1-second attempts and closing the pool at most 5 seconds.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import signal
@@ -45,6 +46,15 @@ def load_actor(spec: str) -> LeaderActor:
     """`package.module:function` -> the function (for extra leader actors)."""
     module_name, _, name = spec.partition(":")
     return getattr(importlib.import_module(module_name), name)
+
+
+def freeze_startup_heap() -> None:
+    """Move what start-up made (modules, classes, the SDK's models) out of
+    the cyclic collector's sight: they live as long as the process, and
+    each full collection walked all of them again. Measured on an ingest
+    of 100,000 results: a sixth of this process's CPU seconds."""
+    gc.collect()
+    gc.freeze()
 
 
 def session_factory(settings: Settings, store: SqlStore, timing: LockTiming):
