@@ -127,33 +127,37 @@ class Tally:
 
     @classmethod
     def of(cls, rows: Iterable[tuple[str, str | None, Usage]]) -> Tally:
-        """From (status, model, usage) of each stored result; the tokens are
-        summed a column at a time (adding `Usage` records one by one cost a
-        third of a second per 100,000 results)."""
-        by_status: Counter[str] = Counter()
-        usages: defaultdict[str, list[Usage]] = defaultdict(list)
-        for status, model, usage in rows:
-            by_status[status] += 1
-            if status == "succeeded":
-                usages[model or "unknown"].append(usage)
-        return cls(dict(by_status), _sums(usages))
+        """From (status, model, usage) of each stored result."""
+        rows = list(rows)
+        return cls(
+            dict(Counter(status for status, _, _ in rows)),
+            _tokens_by_model(
+                (model, usage) for status, model, usage in rows if status == "succeeded"
+            ),
+        )
 
     @classmethod
     def of_results(cls, rows: Sequence[ResultRow]) -> Tally:
-        """The same, from the rows of a chunk stored whole; counting the
-        statuses in one pass of C (the rows are their own tuples) halves
-        the time of the generic way."""
+        """The same, from the rows of a chunk stored whole: the statuses
+        are counted in one pass of C, with no tuple made per row (a third
+        less time than the generic way, 5 ms per 10,000 rows)."""
         counted = Counter(map(itemgetter(1), rows))
-        usages: defaultdict[str, list[Usage]] = defaultdict(list)
-        for _, status, _, usage, model, _ in rows:
-            if status is ItemStatus.SUCCEEDED:
-                usages[model or "unknown"].append(usage)
-        by_status = {status.value: n for status, n in counted.items()}
-        return cls(by_status, _sums(usages))
+        return cls(
+            {status.value: n for status, n in counted.items()},
+            _tokens_by_model(
+                (row.model, row.usage)
+                for row in rows
+                if row.status is ItemStatus.SUCCEEDED
+            ),
+        )
 
 
-def _sums(usages: dict[str, list[Usage]]) -> dict[str, Usage]:
-    """Token counts of each model, summed a column at a time."""
+def _tokens_by_model(pairs: Iterable[tuple[str | None, Usage]]) -> dict[str, Usage]:
+    """Token counts of each model, summed a column at a time (adding `Usage`
+    records one by one cost a third of a second per 100,000 results)."""
+    usages: defaultdict[str, list[Usage]] = defaultdict(list)
+    for model, usage in pairs:
+        usages[model or "unknown"].append(usage)
     return {
         model: Usage(*map(sum, zip(*counts, strict=True)))
         for model, counts in usages.items()
